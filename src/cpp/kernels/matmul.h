@@ -1,0 +1,55 @@
+// Weight packing and matrix multiplication for linear layers. Kernels know nothing about Gemma.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/ggml_types.h"
+
+namespace g3e {
+
+class ThreadPool;
+
+// How a GGUF tensor is prepared for inference.
+enum class PackMode {
+  kF32,        // dequantize to float32 (the reference path)
+  kQuantized,  // keep it quantized: run natively or repack without loss into a runtime layout
+};
+
+// A weight matrix W of shape [rows, cols] (rows = output features N, cols = input features K),
+// row-major as in GGUF, prepared for one of the kernels. Either owns repacked data or points into
+// the caller's memory map (which must then outlive it).
+class PackedWeight {
+ public:
+  PackedWeight();
+  ~PackedWeight();
+  PackedWeight(PackedWeight&&) noexcept;
+  PackedWeight& operator=(PackedWeight&&) noexcept;
+
+  int64_t rows() const;
+  int64_t cols() const;
+  // Human-readable layout, e.g. "f32", "q8_0 (mapped)", "i4b32+zp (repacked from q4_K)".
+  std::string layout() const;
+  // Bytes of weight data this matrix reads per full multiply.
+  int64_t bytes() const;
+  // Dequantizes row r into out[cols]: used for embedding lookups and tests.
+  void dequantize_row(int64_t r, float* out) const;
+
+  struct Impl;
+  std::unique_ptr<Impl> impl;
+};
+
+// Prepares `rows` x `cols` elements of `type` stored at `data`. Throws std::invalid_argument
+// on a type or shape the kernels cannot serve.
+PackedWeight pack_weight(GGMLType type, const void* data, int64_t rows, int64_t cols, PackMode mode);
+
+// y[m, rows] = x[m, cols] * W^T, all float32, row-major. Work is split over the pool's threads.
+void matmul(const PackedWeight& w, const float* x, int64_t m, float* y, ThreadPool& pool);
+
+// Name of the instruction set chosen at start-up ("scalar", "avx2", "avx512", "neon", ...).
+// GEMMA3_EDGE_ISA may force a lower one.
+const char* active_isa();
+
+}  // namespace g3e

@@ -1,0 +1,1 @@
+void g3e_placeholder() {}
