@@ -48,8 +48,14 @@ class Tokenizer {
   int32_t vocab_size() const;
   int32_t bos_id() const;
   int32_t eos_id() const;
+  int32_t unk_id() const;
+  int32_t pad_id() const;  // -1 when the model has none
   TokenType type(int32_t id) const;
-  // Returns -1 when the piece is not in the vocabulary.
+  float score(int32_t id) const;
+  // Piece in SentencePiece's spelling, with U+2581 for each space.
+  const std::string& piece(int32_t id) const;
+  // Accepts a space spelled as U+2581 or as a plain space. Returns -1 when the piece is not in
+  // the vocabulary.
   int32_t piece_to_id(std::string_view piece) const;
 
   struct Impl;

@@ -1,7 +1,160 @@
+#include <algorithm>
+
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
 #include "binding/bindings.h"
+#include "errors.h"
+#include "log.h"
+#include "model.h"
+#include "sampling.h"
+
+namespace py = pybind11;
 
 namespace g3e::binding {
 
-void bind_model(pybind11::module_& m) {}
+namespace {
+
+std::vector<int32_t> to_ids(const py::handle& ids) {
+  std::vector<int32_t> out;
+  for (py::handle item : ids) {
+    long long v = py::cast<long long>(item);
+    if (v < INT32_MIN || v > INT32_MAX) throw InvalidArgument("token id " + std::to_string(v) + " is out of range");
+    out.push_back(static_cast<int32_t>(v));
+  }
+  return out;
+}
+
+py::dict config_dict(const ModelConfig& c) {
+  py::dict d;
+  d["architecture"] = c.architecture;
+  d["name"] = c.name;
+  d["size_label"] = c.size_label();
+  d["n_layers"] = c.n_layers;
+  d["d_model"] = c.d_model;
+  d["d_ff"] = c.d_ff;
+  d["n_heads"] = c.n_heads;
+  d["n_kv_heads"] = c.n_kv_heads;
+  d["head_dim"] = c.head_dim;
+  d["vocab_size"] = c.vocab_size;
+  d["max_context"] = c.max_context;
+  d["sliding_window"] = c.sliding_window;
+  d["norm_eps"] = c.norm_eps;
+  d["attention_scale"] = c.attention_scale;
+  d["embedding_scale"] = c.embedding_scale;
+  d["rope_base_local"] = c.rope_base_local;
+  d["rope_base_global"] = c.rope_base_global;
+  d["rope_scale_global"] = c.rope_scale_global;
+  py::list types;
+  for (LayerType t : c.layer_types) types.append(t == LayerType::kSliding ? "sliding" : "global");
+  d["layer_types"] = types;
+  d["bos_id"] = c.bos_id;
+  d["eos_id"] = c.eos_id;
+  d["end_of_turn_id"] = c.end_of_turn_id;
+  return d;
+}
+
+}  // namespace
+
+void bind_model(py::module_& m) {
+  py::register_exception<ModelLoadError>(m, "ModelLoadError", PyExc_ValueError);
+
+  m.def("set_log_level", [](int level) { set_log_level(static_cast<LogLevel>(std::clamp(level, 0, 4))); },
+        py::arg("level"), "Sets the minimum level logged to stderr: 0 debug, 1 info, 2 warning, 3 error, 4 none.");
+
+  py::class_<Model>(m, "Model")
+      .def(py::init([](const std::string& path, const std::string& precision) {
+             Precision p;
+             if (precision == "quantized") {
+               p = Precision::kQuantized;
+             } else if (precision == "f32") {
+               p = Precision::kF32;
+             } else {
+               throw InvalidArgument("precision must be 'quantized' or 'f32', got '" + precision + "'");
+             }
+             py::gil_scoped_release release;
+             return std::make_unique<Model>(path, p);
+           }),
+           py::arg("path"), py::arg("precision") = "quantized")
+      .def_property_readonly("config", [](const Model& m) { return config_dict(m.config()); })
+      .def_property_readonly("precision",
+                             [](const Model& m) { return m.precision() == Precision::kF32 ? "f32" : "quantized"; })
+      .def_property_readonly("tokenizer", &Model::tokenizer, py::return_value_policy::reference_internal)
+      .def_property_readonly("weight_bytes", &Model::weight_bytes)
+      .def_property_readonly("file_size", [](const Model& m) { return m.file().file_size(); })
+      .def("layout_summary", &Model::layout_summary)
+      .def("tensors", [](const Model& m) {
+        py::list out;
+        for (const GGUFTensorInfo& t : m.file().tensors()) {
+          const GGMLTypeInfo* info = ggml_type_info(static_cast<uint32_t>(t.type));
+          out.append(py::make_tuple(t.name, info ? info->name : "?", t.shape, t.n_bytes));
+        }
+        return out;
+      });
+
+  py::class_<Context>(m, "Context")
+      .def(py::init([](const Model& model, int64_t n_ctx, int64_t n_batch, int n_threads) {
+             ContextOptions o;
+             o.n_ctx = n_ctx;
+             o.n_batch = n_batch;
+             o.n_threads = n_threads;
+             return std::make_unique<Context>(model, o);
+           }),
+           py::arg("model"), py::arg("n_ctx"), py::arg("n_batch") = 512, py::arg("n_threads") = 1,
+           py::keep_alive<1, 2>())
+      .def_property_readonly("n_past", &Context::n_past)
+      .def_property_readonly("kv_bytes", &Context::kv_bytes)
+      .def_property_readonly("n_ctx", [](const Context& c) { return c.options().n_ctx; })
+      .def_property_readonly("n_batch", [](const Context& c) { return c.options().n_batch; })
+      .def_property_readonly("n_threads", [](const Context& c) { return c.options().n_threads; })
+      .def("reset", &Context::reset)
+      .def(
+          "eval",
+          [](Context& ctx, const py::object& tokens, int64_t logits_from) {
+            std::vector<int32_t> ids = to_ids(tokens);
+            const int64_t n = static_cast<int64_t>(ids.size());
+            const int64_t vocab = ctx.model().config().vocab_size;
+            if (logits_from < 0) logits_from = std::max<int64_t>(0, n + logits_from);
+            const int64_t rows = std::max<int64_t>(0, n - logits_from);
+            py::array_t<float> logits({rows, vocab});
+            float* out = rows > 0 ? logits.mutable_data() : nullptr;
+            {
+              py::gil_scoped_release release;
+              ctx.eval(ids.data(), n, logits_from, out);
+            }
+            return logits;
+          },
+          py::arg("tokens"), py::arg("logits_from") = -1,
+          "Appends tokens to the cache. Returns logits for tokens[logits_from:] as float32 "
+          "[rows, vocab]; a negative logits_from counts from the end (-1: the last token only).");
+
+  py::class_<Sampler>(m, "Sampler")
+      .def(py::init([](float temperature, int32_t top_k, float top_p, float min_p, float repeat_penalty,
+                       int32_t repeat_last_n, uint64_t seed) {
+             SamplingParams p;
+             p.temperature = temperature;
+             p.top_k = top_k;
+             p.top_p = top_p;
+             p.min_p = min_p;
+             p.repeat_penalty = repeat_penalty;
+             p.repeat_last_n = repeat_last_n;
+             p.seed = seed;
+             return std::make_unique<Sampler>(p);
+           }),
+           py::arg("temperature") = 0.8f, py::arg("top_k") = 40, py::arg("top_p") = 0.95f, py::arg("min_p") = 0.05f,
+           py::arg("repeat_penalty") = 1.0f, py::arg("repeat_last_n") = 64, py::arg("seed") = 0)
+      .def(
+          "sample",
+          [](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits,
+             const std::vector<int32_t>& history) {
+            if (logits.ndim() != 1) throw InvalidArgument("logits must be a 1-D array");
+            const float* data = logits.data();
+            const int64_t n = logits.shape(0);
+            if (n < 1) throw InvalidArgument("logits must not be empty");
+            py::gil_scoped_release release;
+            return s.sample(data, n, history);
+          },
+          py::arg("logits"), py::arg("history"));
+}
 
 }  // namespace g3e::binding

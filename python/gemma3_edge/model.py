@@ -1,0 +1,348 @@
+"""The Python face of the runtime: load a Gemma 3 GGUF file, tokenize, score and generate."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from gemma3_edge import _core
+from gemma3_edge._default_model import default_model_path
+
+ModelLoadError = _core.ModelLoadError
+
+PRECISIONS = ("quantized", "f32")
+
+
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+@dataclass
+class GenerationStats:
+    """What the last generate() call did."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = ""  # "stop" (EOS, <end_of_turn> or a stop string) or "length"
+    prompt_seconds: float = 0.0
+    completion_seconds: float = 0.0
+    token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def prompt_tokens_per_second(self) -> float:
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def completion_tokens_per_second(self) -> float:
+        # The first completion token comes from the prefill logits, so rate the decoded ones.
+        decoded = max(0, self.completion_tokens - 1)
+        return decoded / self.completion_seconds if self.completion_seconds > 0 else 0.0
+
+
+class Model:
+    """A Gemma 3 model loaded from a GGUF file, with one evaluation context.
+
+    path=None loads the default model (Gemma 3 270M Q4_K_M). precision="f32" dequantizes every
+    weight to float32 (the reference path); "quantized" runs the stored formats. One Model may
+    be shared between threads: calls are serialised by a lock.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        precision: str = "quantized",
+        verbose: bool = False,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        n_ctx = _check_int("n_ctx", n_ctx, 1)
+        n_batch = _check_int("n_batch", n_batch, 1)
+        n_threads = _default_threads() if n_threads is None else _check_int("n_threads", n_threads, 1)
+        _core.set_log_level(1 if verbose else 2)
+
+        self.path = Path(path) if path is not None else default_model_path()
+        if not self.path.is_file():
+            raise FileNotFoundError(f"model file not found: {self.path}")
+        self._model = _core.Model(str(self.path), precision)
+        max_context = self._model.config["max_context"]
+        if n_ctx > max_context:
+            raise ValueError(
+                f"n_ctx {n_ctx} exceeds the model's context length {max_context}; pass n_ctx <= {max_context}"
+            )
+        self._context = _core.Context(self._model, n_ctx, n_batch, n_threads)
+        self._lock = threading.RLock()
+        self.last_stats = GenerationStats()
+
+    # Properties -------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> dict:
+        return self._model.config
+
+    @property
+    def precision(self) -> str:
+        return self._model.precision
+
+    @property
+    def n_ctx(self) -> int:
+        return self._context.n_ctx
+
+    @property
+    def n_threads(self) -> int:
+        return self._context.n_threads
+
+    @property
+    def n_vocab(self) -> int:
+        return self.config["vocab_size"]
+
+    @property
+    def kv_bytes(self) -> int:
+        return self._context.kv_bytes
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        ids = [self.config["eos_id"]]
+        if self.config["end_of_turn_id"] >= 0:
+            ids.append(self.config["end_of_turn_id"])
+        return tuple(ids)
+
+    # Tokenizer --------------------------------------------------------------------------------
+
+    def tokenize(self, text: str | bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        """Encode text. special=True turns control tokens written in the text (e.g.
+        "<start_of_turn>") into their ids; otherwise they are tokenized as plain text."""
+        if not isinstance(text, (str, bytes)):
+            raise TypeError(f"text must be str or bytes, got {type(text).__name__}")
+        return self._model.tokenizer.encode(text, add_bos, special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Decode ids to text; bytes that are not valid UTF-8 become U+FFFD."""
+        return self.detokenize_bytes(ids).decode("utf-8", errors="replace")
+
+    def detokenize_bytes(self, ids: Sequence[int]) -> bytes:
+        ids = list(ids)
+        for i in ids:
+            if not 0 <= i < self.n_vocab:
+                raise ValueError(f"token id {i} is outside the vocabulary (0..{self.n_vocab - 1})")
+        return self._model.tokenizer.decode(ids)
+
+    # Scoring ----------------------------------------------------------------------------------
+
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Teacher-forced logits, float32 [len(token_ids), vocab], from a fresh context."""
+        ids = [int(i) for i in token_ids]
+        if not ids:
+            raise ValueError("token_ids is empty")
+        if len(ids) > self.n_ctx:
+            raise ValueError(f"{len(ids)} tokens do not fit in n_ctx {self.n_ctx}; create the Model with a larger n_ctx")
+        with self._lock:
+            self._context.reset()
+            return self._context.eval(ids, 0)
+
+    def perplexity(self, text: str, n_ctx: int = 512, n_chunks: int | None = None) -> float:
+        """Perplexity as llama.cpp's llama-perplexity computes it.
+
+        The whole text is tokenized once with BOS and cut into chunks of n_ctx tokens; each chunk
+        starts with BOS (replacing its first token) and only its second half is scored: the logits
+        at positions n_ctx/2 .. n_ctx-2 predict the next token.
+        """
+        return self.perplexity_details(text, n_ctx, n_chunks)["perplexity"]
+
+    def perplexity_details(self, text: str, n_ctx: int = 512, n_chunks: int | None = None) -> dict:
+        n_ctx = _check_int("n_ctx", n_ctx, 4)
+        if n_ctx > self.n_ctx:
+            raise ValueError(f"perplexity n_ctx {n_ctx} exceeds the model's n_ctx {self.n_ctx}")
+        tokens = self.tokenize(text, add_bos=True)
+        available = len(tokens) // n_ctx
+        if available == 0:
+            raise ValueError(f"text has {len(tokens)} tokens, fewer than one chunk of {n_ctx}")
+        if n_chunks is None:
+            n_chunks = available
+        n_chunks = min(_check_int("n_chunks", n_chunks, 1), available)
+        first = n_ctx // 2
+        nll = 0.0
+        count = 0
+        bos = self.config["bos_id"]
+        with self._lock:
+            for chunk in range(n_chunks):
+                ids = tokens[chunk * n_ctx : (chunk + 1) * n_ctx]
+                ids[0] = bos
+                self._context.reset()
+                logits = self._context.eval(ids, first)  # rows for positions first .. n_ctx-1
+                rows = logits[:-1].astype(np.float64)
+                targets = np.asarray(ids[first + 1 :])
+                top = rows.max(axis=1)
+                log_z = top + np.log(np.exp(rows - top[:, None]).sum(axis=1))
+                nll += float((log_z - rows[np.arange(len(targets)), targets]).sum())
+                count += len(targets)
+        return {"perplexity": math.exp(nll / count), "n_chunks": n_chunks, "n_scored": count, "n_tokens": len(tokens)}
+
+    # Generation -------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int | None = 128,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stream: bool = False,
+        special: bool = False,
+    ) -> str | Iterator[str]:
+        """Generate a continuation of prompt (text, or token ids used as given).
+
+        Stops at max_tokens (None: until the context is full), at the model's EOS or
+        <end_of_turn>, or before the first stop string. temperature=0 is greedy. seed=None draws
+        a random seed; a fixed seed gives the same text on every run. With stream=True, returns an
+        iterator of text pieces; each piece is whole UTF-8 characters. self.last_stats has the
+        token counts, finish reason and timings afterwards.
+        """
+        pieces = self._generate(prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, special)
+        if stream:
+            return pieces
+        return "".join(pieces)
+
+    def _prepare_prompt(self, prompt: str | Sequence[int], special: bool) -> list[int]:
+        if isinstance(prompt, (str, bytes)):
+            ids = self.tokenize(prompt, add_bos=True, special=special)
+        else:
+            ids = [int(i) for i in prompt]
+            for i in ids:
+                if not 0 <= i < self.n_vocab:
+                    raise ValueError(f"prompt token id {i} is outside the vocabulary (0..{self.n_vocab - 1})")
+        if not ids:
+            raise ValueError("prompt is empty; pass text or at least one token id")
+        if len(ids) >= self.n_ctx:
+            raise ValueError(
+                f"prompt has {len(ids)} tokens, which leaves no room to generate in n_ctx {self.n_ctx}; "
+                "shorten the prompt or create the Model with a larger n_ctx"
+            )
+        return ids
+
+    def _generate(self, prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, special):
+        if max_tokens is not None:
+            max_tokens = _check_int("max_tokens", max_tokens, 1)
+        stops = _normalise_stops(stop)
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little")
+        seed = _check_int("seed", seed, 0) & 0xFFFFFFFFFFFFFFFF
+        sampler = _core.Sampler(
+            temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), min_p=float(min_p),
+            repeat_penalty=float(repeat_penalty), seed=seed,
+        )
+        ids = self._prepare_prompt(prompt, special)
+        # Validation happens above, before the generator starts, so bad arguments raise at the call.
+        return self._run(ids, max_tokens, sampler, stops)
+
+    def _run(self, ids: list[int], max_tokens: int | None, sampler, stops: list[str]) -> Iterator[str]:
+        stats = GenerationStats(prompt_tokens=len(ids))
+        self.last_stats = stats
+        with self._lock:
+            context = self._context
+            context.reset()
+            decoder = _core.StreamingDecoder(self._model.tokenizer)
+            history = list(ids)
+            stop_ids = self.stop_token_ids
+            pending = ""  # text held back because it could be the start of a stop string
+            limit = self.n_ctx - len(ids)
+            if max_tokens is not None:
+                limit = min(limit, max_tokens)
+
+            started = time.perf_counter()
+            logits = context.eval(ids, -1)[0]
+            stats.prompt_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            stats.finish_reason = "length"
+            while stats.completion_tokens < limit:
+                token = sampler.sample(logits, history)
+                if token in stop_ids:
+                    stats.finish_reason = "stop"
+                    break
+                history.append(token)
+                stats.completion_tokens += 1
+                stats.token_ids.append(token)
+                pending += decoder.push(token)
+                if stops:
+                    cut = _find_stop(pending, stops)
+                    if cut is not None:
+                        pending = pending[:cut]
+                        stats.finish_reason = "stop"
+                        break
+                    safe = _safe_prefix_length(pending, stops)
+                    if safe:
+                        yield pending[:safe]
+                        pending = pending[safe:]
+                elif pending:
+                    yield pending
+                    pending = ""
+                if stats.completion_tokens >= limit:
+                    break
+                logits = context.eval([token], -1)[0]
+            stats.completion_seconds = time.perf_counter() - started
+            pending += decoder.flush()
+            if stops:
+                cut = _find_stop(pending, stops)
+                if cut is not None:
+                    pending = pending[:cut]
+                    stats.finish_reason = "stop"
+            if pending:
+                yield pending
+
+
+def _normalise_stops(stop) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, (list, tuple)):
+        raise TypeError(f"stop must be a string or a list of strings, got {type(stop).__name__}")
+    out = []
+    for s in stop:
+        if not isinstance(s, str):
+            raise TypeError(f"each stop must be a string, got {type(s).__name__}")
+        if s:
+            out.append(s)
+    return out
+
+
+def _find_stop(text: str, stops: list[str]) -> int | None:
+    positions = [text.find(s) for s in stops]
+    positions = [p for p in positions if p >= 0]
+    return min(positions) if positions else None
+
+
+def _safe_prefix_length(text: str, stops: list[str]) -> int:
+    """Length of the prefix of text that cannot be part of any stop string."""
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                hold = max(hold, k)
+                break
+    return len(text) - hold

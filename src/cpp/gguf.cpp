@@ -1,0 +1,502 @@
+#include "gguf.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+
+#include "errors.h"
+
+namespace g3e {
+
+namespace {
+
+constexpr uint32_t kGGUFMagic = 0x46554747;  // "GGUF" read as a little-endian uint32
+constexpr int kMaxDims = 4;                  // ggml tensors have at most 4 dimensions
+constexpr uint64_t kMaxArrayNesting = 1;     // arrays of arrays are read, deeper nesting is not
+
+// Bounds-checked little-endian cursor over the mapped file.
+class Cursor {
+ public:
+  Cursor(const uint8_t* base, uint64_t size, const std::string& path)
+      : base_(base), size_(size), path_(path) {}
+
+  uint64_t position() const { return pos_; }
+  uint64_t remaining() const { return size_ - pos_; }
+  const uint8_t* here() const { return base_ + pos_; }
+
+  [[noreturn]] void fail(const std::string& what) const {
+    throw ModelLoadError(path_ + ": " + what + " (at byte offset " + std::to_string(pos_) +
+                         " of " + std::to_string(size_) + ")");
+  }
+
+  void need(uint64_t n, const char* what) const {
+    if (n > remaining()) {
+      fail(std::string("file is truncated: ") + what + " needs " + std::to_string(n) +
+           " bytes but only " + std::to_string(remaining()) + " remain");
+    }
+  }
+
+  template <typename T>
+  T read(const char* what) {
+    need(sizeof(T), what);
+    T value;
+    std::memcpy(&value, base_ + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return value;
+  }
+
+  std::string_view read_string(const char* what) {
+    uint64_t length = read<uint64_t>(what);
+    need(length, what);
+    std::string_view s(reinterpret_cast<const char*>(base_ + pos_), length);
+    pos_ += length;
+    return s;
+  }
+
+  void skip(uint64_t n, const char* what) {
+    need(n, what);
+    pos_ += n;
+  }
+
+ private:
+  const uint8_t* base_;
+  uint64_t size_;
+  const std::string& path_;
+  uint64_t pos_ = 0;
+};
+
+// Size in bytes of a fixed-size scalar type, 0 for strings and arrays, -1 for an unknown type.
+int scalar_size(uint32_t type) {
+  switch (static_cast<GGUFValueType>(type)) {
+    case GGUFValueType::kUint8:
+    case GGUFValueType::kInt8:
+    case GGUFValueType::kBool:
+      return 1;
+    case GGUFValueType::kUint16:
+    case GGUFValueType::kInt16:
+      return 2;
+    case GGUFValueType::kUint32:
+    case GGUFValueType::kInt32:
+    case GGUFValueType::kFloat32:
+      return 4;
+    case GGUFValueType::kUint64:
+    case GGUFValueType::kInt64:
+    case GGUFValueType::kFloat64:
+      return 8;
+    case GGUFValueType::kString:
+    case GGUFValueType::kArray:
+      return 0;
+  }
+  return -1;
+}
+
+// Reads one scalar of `type` at p into value (integer/unsigned_integer/real).
+void decode_scalar(GGUFValueType type, const uint8_t* p, GGUFValue& value) {
+  auto load = [p](auto tag) {
+    decltype(tag) v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  };
+  switch (type) {
+    case GGUFValueType::kUint8: value.unsigned_integer = load(uint8_t{}); value.integer = static_cast<int64_t>(value.unsigned_integer); break;
+    case GGUFValueType::kInt8: value.integer = load(int8_t{}); value.unsigned_integer = static_cast<uint64_t>(value.integer); break;
+    case GGUFValueType::kUint16: value.unsigned_integer = load(uint16_t{}); value.integer = static_cast<int64_t>(value.unsigned_integer); break;
+    case GGUFValueType::kInt16: value.integer = load(int16_t{}); value.unsigned_integer = static_cast<uint64_t>(value.integer); break;
+    case GGUFValueType::kUint32: value.unsigned_integer = load(uint32_t{}); value.integer = static_cast<int64_t>(value.unsigned_integer); break;
+    case GGUFValueType::kInt32: value.integer = load(int32_t{}); value.unsigned_integer = static_cast<uint64_t>(value.integer); break;
+    case GGUFValueType::kUint64: value.unsigned_integer = load(uint64_t{}); value.integer = static_cast<int64_t>(value.unsigned_integer); break;
+    case GGUFValueType::kInt64: value.integer = load(int64_t{}); value.unsigned_integer = static_cast<uint64_t>(value.integer); break;
+    case GGUFValueType::kBool: {
+      uint8_t b = load(uint8_t{});
+      value.integer = b != 0;
+      value.unsigned_integer = b != 0;
+      break;
+    }
+    case GGUFValueType::kFloat32: value.real = load(float{}); break;
+    case GGUFValueType::kFloat64: value.real = load(double{}); break;
+    default: break;
+  }
+  if (type != GGUFValueType::kFloat32 && type != GGUFValueType::kFloat64) {
+    value.real = (type == GGUFValueType::kInt8 || type == GGUFValueType::kInt16 ||
+                  type == GGUFValueType::kInt32 || type == GGUFValueType::kInt64)
+                     ? static_cast<double>(value.integer)
+                     : static_cast<double>(value.unsigned_integer);
+  }
+}
+
+bool is_integer_type(GGUFValueType t) {
+  return t == GGUFValueType::kUint8 || t == GGUFValueType::kInt8 || t == GGUFValueType::kUint16 ||
+         t == GGUFValueType::kInt16 || t == GGUFValueType::kUint32 || t == GGUFValueType::kInt32 ||
+         t == GGUFValueType::kUint64 || t == GGUFValueType::kInt64;
+}
+
+bool is_signed_type(GGUFValueType t) {
+  return t == GGUFValueType::kInt8 || t == GGUFValueType::kInt16 || t == GGUFValueType::kInt32 ||
+         t == GGUFValueType::kInt64;
+}
+
+// Reads a value of `type` at the cursor into value. Arrays of arrays are skipped over with
+// their bounds checked but not kept (no model key uses them).
+void read_value(Cursor& cur, uint32_t raw_type, GGUFValue& value, const std::string& key, uint64_t depth) {
+  int size = scalar_size(raw_type);
+  if (size < 0) {
+    cur.fail("metadata key '" + key + "' has unknown value type " + std::to_string(raw_type) +
+             " (expected 0-12)");
+  }
+  value.type = static_cast<GGUFValueType>(raw_type);
+  if (size > 0) {
+    cur.need(size, "metadata value");
+    decode_scalar(value.type, cur.here(), value);
+    cur.skip(size, "metadata value");
+    return;
+  }
+  if (value.type == GGUFValueType::kString) {
+    value.string = cur.read_string("metadata string");
+    return;
+  }
+  // Array.
+  uint32_t element_type = cur.read<uint32_t>("array element type");
+  uint64_t count = cur.read<uint64_t>("array length");
+  int element_size = scalar_size(element_type);
+  if (element_size < 0) {
+    cur.fail("metadata key '" + key + "' is an array of unknown element type " +
+             std::to_string(element_type) + " (expected 0-12)");
+  }
+  value.array_type = static_cast<GGUFValueType>(element_type);
+  value.array_count = count;
+  value.array_data = cur.here();
+  if (element_size > 0) {
+    // Division keeps count * size from overflowing.
+    if (count > cur.remaining() / static_cast<uint64_t>(element_size)) {
+      cur.fail("metadata key '" + key + "' claims " + std::to_string(count) + " elements of " +
+               std::to_string(element_size) + " bytes, more than the file holds");
+    }
+    cur.skip(count * element_size, "array data");
+    return;
+  }
+  // Every string or array element takes at least 8 bytes (its length), which bounds count
+  // before anything is reserved.
+  if (count > cur.remaining() / 8) {
+    cur.fail("metadata key '" + key + "' claims " + std::to_string(count) +
+             " elements, more than the file holds");
+  }
+  if (value.array_type == GGUFValueType::kString) {
+    value.strings.reserve(count);
+    for (uint64_t i = 0; i < count; ++i) value.strings.push_back(cur.read_string("array string"));
+    return;
+  }
+  if (depth >= kMaxArrayNesting) {
+    cur.fail("metadata key '" + key + "' nests arrays deeper than this reader supports");
+  }
+  for (uint64_t i = 0; i < count; ++i) {
+    GGUFValue inner;
+    uint32_t inner_type = cur.read<uint32_t>("nested array type");
+    if (inner_type != static_cast<uint32_t>(GGUFValueType::kArray)) {
+      cur.fail("metadata key '" + key + "': nested array element has type " +
+               std::to_string(inner_type));
+    }
+    read_value(cur, inner_type, inner, key, depth + 1);
+  }
+}
+
+}  // namespace
+
+const char* gguf_value_type_name(GGUFValueType type) {
+  switch (type) {
+    case GGUFValueType::kUint8: return "uint8";
+    case GGUFValueType::kInt8: return "int8";
+    case GGUFValueType::kUint16: return "uint16";
+    case GGUFValueType::kInt16: return "int16";
+    case GGUFValueType::kUint32: return "uint32";
+    case GGUFValueType::kInt32: return "int32";
+    case GGUFValueType::kFloat32: return "float32";
+    case GGUFValueType::kBool: return "bool";
+    case GGUFValueType::kString: return "string";
+    case GGUFValueType::kArray: return "array";
+    case GGUFValueType::kUint64: return "uint64";
+    case GGUFValueType::kInt64: return "int64";
+    case GGUFValueType::kFloat64: return "float64";
+  }
+  return "unknown";
+}
+
+GGUFFile::GGUFFile(const std::string& path) : path_(path) {
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd_ < 0) {
+    throw ModelLoadError(path + ": cannot open model file: " + std::strerror(errno));
+  }
+  struct stat st;
+  if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd_);
+    throw ModelLoadError(path + ": not a regular file");
+  }
+  size_ = static_cast<uint64_t>(st.st_size);
+  if (size_ < 24) {
+    ::close(fd_);
+    throw ModelLoadError(path + ": file is " + std::to_string(size_) +
+                         " bytes, too small for a GGUF header (24 bytes)");
+  }
+  void* map = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd_, 0);
+  if (map == MAP_FAILED) {
+    ::close(fd_);
+    throw ModelLoadError(path + ": mmap failed: " + std::strerror(errno));
+  }
+  base_ = static_cast<const uint8_t*>(map);
+  try {
+    parse();
+  } catch (...) {
+    ::munmap(const_cast<uint8_t*>(base_), size_);
+    ::close(fd_);
+    throw;
+  }
+}
+
+GGUFFile::~GGUFFile() {
+  if (base_) ::munmap(const_cast<uint8_t*>(base_), size_);
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void GGUFFile::parse() {
+  Cursor cur(base_, size_, path_);
+  uint32_t magic = cur.read<uint32_t>("magic");
+  if (magic != kGGUFMagic) {
+    throw ModelLoadError(path_ + ": not a GGUF file (the first 4 bytes are not 'GGUF')");
+  }
+  version_ = cur.read<uint32_t>("version");
+  if (version_ != 2 && version_ != 3) {
+    throw ModelLoadError(path_ + ": GGUF version " + std::to_string(version_) +
+                         " is not supported (expected 2 or 3); re-convert the model with a current converter");
+  }
+  uint64_t tensor_count = cur.read<uint64_t>("tensor count");
+  uint64_t kv_count = cur.read<uint64_t>("metadata count");
+  // Each key-value pair takes at least 12 bytes and each tensor entry at least 24.
+  if (kv_count > cur.remaining() / 12) {
+    cur.fail("metadata count " + std::to_string(kv_count) + " is larger than the file can hold");
+  }
+  if (tensor_count > cur.remaining() / 24) {
+    cur.fail("tensor count " + std::to_string(tensor_count) + " is larger than the file can hold");
+  }
+
+  for (uint64_t i = 0; i < kv_count; ++i) {
+    std::string key(cur.read_string("metadata key"));
+    uint32_t type = cur.read<uint32_t>("metadata value type");
+    GGUFValue value;
+    read_value(cur, type, value, key, 0);
+    if (!metadata_.emplace(key, std::move(value)).second) {
+      cur.fail("duplicate metadata key '" + key + "'");
+    }
+  }
+
+  if (const GGUFValue* a = find("general.alignment")) {
+    if (!is_integer_type(a->type) || a->unsigned_integer == 0 ||
+        (a->unsigned_integer & (a->unsigned_integer - 1)) != 0 || a->unsigned_integer > (1u << 20)) {
+      throw ModelLoadError(path_ + ": general.alignment must be a power of two up to 2^20, got " +
+                           std::to_string(a->unsigned_integer));
+    }
+    alignment_ = a->unsigned_integer;
+  }
+
+  tensors_.reserve(tensor_count);
+  for (uint64_t i = 0; i < tensor_count; ++i) {
+    GGUFTensorInfo info;
+    info.name = std::string(cur.read_string("tensor name"));
+    uint32_t n_dims = cur.read<uint32_t>("tensor dimension count");
+    if (n_dims == 0 || n_dims > kMaxDims) {
+      cur.fail("tensor '" + info.name + "' has " + std::to_string(n_dims) +
+               " dimensions (expected 1 to 4)");
+    }
+    int64_t n_elements = 1;
+    for (uint32_t d = 0; d < n_dims; ++d) {
+      uint64_t dim = cur.read<uint64_t>("tensor dimension");
+      if (dim == 0 || dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
+          static_cast<int64_t>(dim) > std::numeric_limits<int64_t>::max() / n_elements) {
+        cur.fail("tensor '" + info.name + "' has dimension " + std::to_string(dim) +
+                 " that is zero or makes the element count overflow");
+      }
+      info.shape.push_back(static_cast<int64_t>(dim));
+      n_elements *= static_cast<int64_t>(dim);
+    }
+    uint32_t type = cur.read<uint32_t>("tensor type");
+    const GGMLTypeInfo* type_info = ggml_type_info(type);
+    if (!type_info) {
+      cur.fail("tensor '" + info.name + "' has unknown ggml type " + std::to_string(type));
+    }
+    info.type = static_cast<GGMLType>(type);
+    if (info.shape[0] % type_info->block_size != 0) {
+      cur.fail("tensor '" + info.name + "' row length " + std::to_string(info.shape[0]) +
+               " is not a multiple of the " + type_info->name + " block size " +
+               std::to_string(type_info->block_size));
+    }
+    info.n_elements = n_elements;
+    int64_t n_blocks = n_elements / type_info->block_size;
+    if (n_blocks > std::numeric_limits<int64_t>::max() / type_info->type_size) {
+      cur.fail("tensor '" + info.name + "' byte size overflows");
+    }
+    info.n_bytes = n_blocks * type_info->type_size;
+    info.offset = cur.read<uint64_t>("tensor data offset");
+    if (info.offset % alignment_ != 0) {
+      cur.fail("tensor '" + info.name + "' data offset " + std::to_string(info.offset) +
+               " is not a multiple of the alignment " + std::to_string(alignment_));
+    }
+    if (!tensor_index_.emplace(info.name, tensors_.size()).second) {
+      cur.fail("duplicate tensor name '" + info.name + "'");
+    }
+    tensors_.push_back(std::move(info));
+  }
+
+  uint64_t data_start = (cur.position() + alignment_ - 1) / alignment_ * alignment_;
+  if (data_start > size_) {
+    throw ModelLoadError(path_ + ": file is truncated before the tensor data section");
+  }
+  uint64_t data_size = size_ - data_start;
+  // Sort by offset to find overlaps between tensors.
+  std::vector<const GGUFTensorInfo*> by_offset;
+  for (auto& t : tensors_) {
+    if (t.offset > data_size || static_cast<uint64_t>(t.n_bytes) > data_size - t.offset) {
+      throw ModelLoadError(path_ + ": tensor '" + t.name + "' (" + std::to_string(t.n_bytes) +
+                           " bytes at data offset " + std::to_string(t.offset) +
+                           ") extends past the end of the file (data section is " +
+                           std::to_string(data_size) + " bytes); the file is truncated or corrupt");
+    }
+    t.data = base_ + data_start + t.offset;
+    by_offset.push_back(&t);
+  }
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const GGUFTensorInfo* a, const GGUFTensorInfo* b) { return a->offset < b->offset; });
+  for (size_t i = 1; i < by_offset.size(); ++i) {
+    const GGUFTensorInfo* prev = by_offset[i - 1];
+    if (prev->offset + static_cast<uint64_t>(prev->n_bytes) > by_offset[i]->offset) {
+      throw ModelLoadError(path_ + ": tensors '" + prev->name + "' and '" + by_offset[i]->name +
+                           "' overlap in the data section");
+    }
+  }
+}
+
+const GGUFValue* GGUFFile::find(const std::string& key) const {
+  auto it = metadata_.find(key);
+  return it == metadata_.end() ? nullptr : &it->second;
+}
+
+namespace {
+
+[[noreturn]] void wrong_type(const GGUFFile& f, const std::string& key, const GGUFValue& v,
+                             const char* expected) {
+  throw ModelLoadError(f.where() + "metadata key '" + key + "' has type " +
+                       gguf_value_type_name(v.type) + ", expected " + expected);
+}
+
+const GGUFValue& require(const GGUFFile& f, const std::string& key) {
+  const GGUFValue* v = f.find(key);
+  if (!v) throw ModelLoadError(f.where() + "required metadata key '" + key + "' is missing");
+  return *v;
+}
+
+}  // namespace
+
+std::string GGUFFile::get_string(const std::string& key) const {
+  const GGUFValue& v = require(*this, key);
+  if (v.type != GGUFValueType::kString) wrong_type(*this, key, v, "string");
+  return std::string(v.string);
+}
+
+uint64_t GGUFFile::get_uint(const std::string& key) const {
+  const GGUFValue& v = require(*this, key);
+  if (!is_integer_type(v.type)) wrong_type(*this, key, v, "an integer");
+  if (is_signed_type(v.type) && v.integer < 0) {
+    throw ModelLoadError(where() + "metadata key '" + key + "' is negative (" +
+                         std::to_string(v.integer) + ")");
+  }
+  return v.unsigned_integer;
+}
+
+double GGUFFile::get_float(const std::string& key) const {
+  const GGUFValue& v = require(*this, key);
+  if (v.type != GGUFValueType::kFloat32 && v.type != GGUFValueType::kFloat64 && !is_integer_type(v.type)) {
+    wrong_type(*this, key, v, "a number");
+  }
+  return v.real;
+}
+
+bool GGUFFile::get_bool(const std::string& key) const {
+  const GGUFValue& v = require(*this, key);
+  if (v.type != GGUFValueType::kBool) wrong_type(*this, key, v, "bool");
+  return v.integer != 0;
+}
+
+uint64_t GGUFFile::get_uint_or(const std::string& key, uint64_t fallback) const {
+  return has(key) ? get_uint(key) : fallback;
+}
+double GGUFFile::get_float_or(const std::string& key, double fallback) const {
+  return has(key) ? get_float(key) : fallback;
+}
+bool GGUFFile::get_bool_or(const std::string& key, bool fallback) const {
+  return has(key) ? get_bool(key) : fallback;
+}
+
+std::vector<std::string_view> GGUFFile::get_string_array(const std::string& key) const {
+  const GGUFValue& v = require(*this, key);
+  if (v.type != GGUFValueType::kArray || v.array_type != GGUFValueType::kString) {
+    wrong_type(*this, key, v, "an array of strings");
+  }
+  return v.strings;
+}
+
+std::vector<float> GGUFFile::get_float_array(const std::string& key) const {
+  const GGUFValue& v = require(*this, key);
+  if (v.type != GGUFValueType::kArray ||
+      (v.array_type != GGUFValueType::kFloat32 && v.array_type != GGUFValueType::kFloat64)) {
+    wrong_type(*this, key, v, "an array of floats");
+  }
+  std::vector<float> out(v.array_count);
+  int size = scalar_size(static_cast<uint32_t>(v.array_type));
+  for (uint64_t i = 0; i < v.array_count; ++i) {
+    GGUFValue element;
+    decode_scalar(v.array_type, v.array_data + i * size, element);
+    out[i] = static_cast<float>(element.real);
+  }
+  return out;
+}
+
+std::vector<int64_t> GGUFFile::get_int_array(const std::string& key) const {
+  const GGUFValue& v = require(*this, key);
+  if (v.type != GGUFValueType::kArray || !is_integer_type(v.array_type)) {
+    wrong_type(*this, key, v, "an array of integers");
+  }
+  std::vector<int64_t> out(v.array_count);
+  int size = scalar_size(static_cast<uint32_t>(v.array_type));
+  for (uint64_t i = 0; i < v.array_count; ++i) {
+    GGUFValue element;
+    decode_scalar(v.array_type, v.array_data + i * size, element);
+    out[i] = element.integer;
+  }
+  return out;
+}
+
+const GGUFTensorInfo* GGUFFile::find_tensor(const std::string& name) const {
+  auto it = tensor_index_.find(name);
+  return it == tensor_index_.end() ? nullptr : &tensors_[it->second];
+}
+
+const GGUFTensorInfo& GGUFFile::require_tensor(const std::string& name,
+                                               const std::vector<int64_t>& shape) const {
+  const GGUFTensorInfo* t = find_tensor(name);
+  if (!t) throw ModelLoadError(where() + "required tensor '" + name + "' is missing");
+  if (t->shape != shape) {
+    auto fmt = [](const std::vector<int64_t>& s) {
+      std::string out = "[";
+      for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+      return out + "]";
+    };
+    throw ModelLoadError(where() + "tensor '" + name + "' has shape " + fmt(t->shape) +
+                         ", expected " + fmt(shape));
+  }
+  return *t;
+}
+
+}  // namespace g3e

@@ -1,0 +1,419 @@
+#include "model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+
+#include "errors.h"
+#include "log.h"
+
+namespace g3e {
+
+namespace {
+
+std::vector<float> load_vector(const GGUFFile& f, const std::string& name, int64_t n) {
+  const GGUFTensorInfo& t = f.require_tensor(name, {n});
+  std::vector<float> out(n);
+  dequantize_row(t.type, t.data, out.data(), n);
+  for (float v : out) {
+    if (!std::isfinite(v)) {
+      throw ModelLoadError(f.where() + "tensor '" + name + "' contains NaN or infinite values");
+    }
+  }
+  return out;
+}
+
+PackedWeight load_matrix(const GGUFFile& f, const std::string& name, int64_t rows, int64_t cols,
+                         Precision precision) {
+  const GGUFTensorInfo& t = f.require_tensor(name, {cols, rows});
+  const GGMLTypeInfo* info = ggml_type_info(static_cast<uint32_t>(t.type));
+  if (!info || !info->can_dequantize) {
+    throw ModelLoadError(f.where() + "tensor '" + name + "' has type " +
+                         (info ? info->name : "unknown") + ", which this runtime cannot run");
+  }
+  try {
+    return pack_weight(t.type, t.data, rows, cols,
+                       precision == Precision::kF32 ? PackMode::kF32 : PackMode::kQuantized);
+  } catch (const std::invalid_argument& e) {
+    throw ModelLoadError(f.where() + "tensor '" + name + "': " + e.what());
+  }
+}
+
+TokenizerSpec read_tokenizer_spec(const GGUFFile& f) {
+  std::string model = f.get_string("tokenizer.ggml.model");
+  if (model != "llama") {
+    throw ModelLoadError(f.where() + "tokenizer.ggml.model is '" + model +
+                         "', expected 'llama' (SentencePiece) as Gemma 3 uses");
+  }
+  TokenizerSpec spec;
+  auto pieces = f.get_string_array("tokenizer.ggml.tokens");
+  spec.pieces.reserve(pieces.size());
+  for (auto p : pieces) spec.pieces.emplace_back(p);
+  spec.scores = f.get_float_array("tokenizer.ggml.scores");
+  auto types = f.get_int_array("tokenizer.ggml.token_type");
+  spec.types.assign(types.begin(), types.end());
+  if (spec.scores.size() != spec.pieces.size() || spec.types.size() != spec.pieces.size()) {
+    throw ModelLoadError(f.where() + "tokenizer arrays disagree: " + std::to_string(spec.pieces.size()) +
+                         " tokens, " + std::to_string(spec.scores.size()) + " scores, " +
+                         std::to_string(spec.types.size()) + " token types");
+  }
+  auto id = [&](const char* key, int32_t fallback) {
+    uint64_t v = f.get_uint_or(key, static_cast<uint64_t>(fallback));
+    if (v >= spec.pieces.size()) {
+      throw ModelLoadError(f.where() + key + " is " + std::to_string(v) + ", outside the vocabulary of " +
+                           std::to_string(spec.pieces.size()) + " tokens");
+    }
+    return static_cast<int32_t>(v);
+  };
+  spec.bos_id = id("tokenizer.ggml.bos_token_id", 2);
+  spec.eos_id = id("tokenizer.ggml.eos_token_id", 1);
+  spec.unk_id = id("tokenizer.ggml.unknown_token_id", 3);
+  spec.pad_id = id("tokenizer.ggml.padding_token_id", 0);
+  return spec;
+}
+
+// RMSNorm over n values with folded (1 + w) weights: out = x / sqrt(mean(x^2) + eps) * w.
+void rms_norm(const float* x, const float* w, float* out, int64_t n, float eps) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * x[i];
+  float scale = 1.0f / std::sqrt(static_cast<float>(sum / n) + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * scale * w[i];
+}
+
+// GELU with the tanh approximation (Gemma's hidden_activation "gelu_pytorch_tanh").
+inline float gelu_tanh(float x) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f;
+  return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x)));
+}
+
+// NeoX-style rotation (pairs i and i + d/2), as transformers' rotate_half and llama.cpp's
+// LLAMA_ROPE_TYPE_NEOX for Gemma 3.
+void apply_rope(float* v, int64_t head_dim, const float* cos_row, const float* sin_row) {
+  int64_t half = head_dim / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    float a = v[i];
+    float b = v[i + half];
+    v[i] = a * cos_row[i] - b * sin_row[i];
+    v[i + half] = b * cos_row[i] + a * sin_row[i];
+  }
+}
+
+// cos/sin tables (n_positions, head_dim / 2), computed in float32 as transformers does:
+// inv_freq = 1 / base^(2i / d), angle = (position / scale) * inv_freq.
+void build_rope_table(int64_t n_positions, int64_t head_dim, float base, float scale,
+                      std::vector<float>& cos_out, std::vector<float>& sin_out) {
+  int64_t half = head_dim / 2;
+  std::vector<float> inv_freq(half);
+  for (int64_t i = 0; i < half; ++i) {
+    float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
+    inv_freq[i] = (1.0f / std::pow(base, exponent)) / scale;
+  }
+  cos_out.resize(n_positions * half);
+  sin_out.resize(n_positions * half);
+  for (int64_t p = 0; p < n_positions; ++p) {
+    for (int64_t i = 0; i < half; ++i) {
+      float angle = static_cast<float>(p) * inv_freq[i];
+      cos_out[p * half + i] = std::cos(angle);
+      sin_out[p * half + i] = std::sin(angle);
+    }
+  }
+}
+
+}  // namespace
+
+Model::Model(const std::string& path, Precision precision)
+    : file_(std::make_unique<GGUFFile>(path)), precision_(precision) {
+  const GGUFFile& f = *file_;
+  config_ = read_config(f);
+  ModelConfig& c = config_;
+
+  tokenizer_ = std::make_unique<Tokenizer>(read_tokenizer_spec(f));
+  c.end_of_turn_id = tokenizer_->piece_to_id("<end_of_turn>");
+
+  const GGUFTensorInfo* embd = f.find_tensor("token_embd.weight");
+  if (!embd) throw ModelLoadError(f.where() + "required tensor 'token_embd.weight' is missing");
+  if (embd->shape.size() != 2 || embd->shape[0] != c.d_model) {
+    throw ModelLoadError(f.where() + "tensor 'token_embd.weight' must have shape [" +
+                         std::to_string(c.d_model) + ", vocab]");
+  }
+  c.vocab_size = embd->shape[1];
+  if (c.vocab_size != tokenizer_->vocab_size()) {
+    throw ModelLoadError(f.where() + "the embedding has " + std::to_string(c.vocab_size) +
+                         " rows but the tokenizer has " + std::to_string(tokenizer_->vocab_size()) +
+                         " tokens; the vocabulary sizes must agree");
+  }
+  if (f.find_tensor("output.weight")) {
+    // NOTE: Gemma 3 ties the LM head to the embedding; a separate output matrix is ignored.
+    log(LogLevel::kWarning, f.where() + "ignoring 'output.weight': Gemma 3 uses the tied embedding");
+  }
+  token_embd_ = load_matrix(f, "token_embd.weight", c.vocab_size, c.d_model, precision);
+  output_norm_ = load_vector(f, "output_norm.weight", c.d_model);
+
+  const int64_t q_dim = c.n_heads * c.head_dim;
+  const int64_t kv_dim = c.n_kv_heads * c.head_dim;
+  layers_.resize(c.n_layers);
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    const std::string b = "blk." + std::to_string(i) + ".";
+    LayerWeights& l = layers_[i];
+    l.attn_norm = load_vector(f, b + "attn_norm.weight", c.d_model);
+    l.q_norm = load_vector(f, b + "attn_q_norm.weight", c.head_dim);
+    l.k_norm = load_vector(f, b + "attn_k_norm.weight", c.head_dim);
+    l.post_attn_norm = load_vector(f, b + "post_attention_norm.weight", c.d_model);
+    l.ffn_norm = load_vector(f, b + "ffn_norm.weight", c.d_model);
+    l.post_ffn_norm = load_vector(f, b + "post_ffw_norm.weight", c.d_model);
+    l.wq = load_matrix(f, b + "attn_q.weight", q_dim, c.d_model, precision);
+    l.wk = load_matrix(f, b + "attn_k.weight", kv_dim, c.d_model, precision);
+    l.wv = load_matrix(f, b + "attn_v.weight", kv_dim, c.d_model, precision);
+    l.wo = load_matrix(f, b + "attn_output.weight", c.d_model, q_dim, precision);
+    l.gate = load_matrix(f, b + "ffn_gate.weight", c.d_ff, c.d_model, precision);
+    l.up = load_matrix(f, b + "ffn_up.weight", c.d_ff, c.d_model, precision);
+    l.down = load_matrix(f, b + "ffn_down.weight", c.d_model, c.d_ff, precision);
+  }
+
+  log(LogLevel::kInfo, "loaded " + c.name + " (" + std::to_string(c.n_layers) + " layers, d_model " +
+                           std::to_string(c.d_model) + ", vocab " + std::to_string(c.vocab_size) +
+                           ") from " + path + " as " +
+                           (precision == Precision::kF32 ? "f32 (reference path)" : "quantized"));
+  for (const std::string& line : layout_summary()) log(LogLevel::kInfo, "weights: " + line);
+}
+
+int64_t Model::weight_bytes() const {
+  int64_t total = token_embd_.bytes();
+  for (const LayerWeights& l : layers_) {
+    total += l.wq.bytes() + l.wk.bytes() + l.wv.bytes() + l.wo.bytes() + l.gate.bytes() +
+             l.up.bytes() + l.down.bytes();
+  }
+  return total;
+}
+
+std::vector<std::string> Model::layout_summary() const {
+  std::map<std::string, int> counts;
+  counts[token_embd_.layout()]++;
+  for (const LayerWeights& l : layers_) {
+    for (const PackedWeight* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down}) {
+      counts[w->layout()]++;
+    }
+  }
+  std::vector<std::string> lines;
+  for (const auto& [layout, n] : counts) lines.push_back(layout + ": " + std::to_string(n) + " tensors");
+  return lines;
+}
+
+Context::Context(const Model& model, const ContextOptions& options) : model_(model), options_(options) {
+  const ModelConfig& c = model.config();
+  if (options_.n_ctx < 1 || options_.n_ctx > c.max_context) {
+    throw InvalidArgument("n_ctx " + std::to_string(options_.n_ctx) + " is outside 1.." +
+                          std::to_string(c.max_context) + " (the model's context_length)");
+  }
+  if (options_.n_batch < 1) {
+    throw InvalidArgument("n_batch must be at least 1, got " + std::to_string(options_.n_batch));
+  }
+  if (options_.n_threads < 1) {
+    throw InvalidArgument("n_threads must be at least 1, got " + std::to_string(options_.n_threads));
+  }
+  options_.n_batch = std::min(options_.n_batch, options_.n_ctx);
+  pool_ = std::make_unique<ThreadPool>(options_.n_threads);
+
+  const int64_t kv_dim = c.n_kv_heads * c.head_dim;
+  k_cache_.resize(c.n_layers);
+  v_cache_.resize(c.n_layers);
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    k_cache_[i].assign(cache_slots(i) * kv_dim, 0.0f);
+    v_cache_[i].assign(cache_slots(i) * kv_dim, 0.0f);
+  }
+  build_rope_table(options_.n_ctx, c.head_dim, c.rope_base_local, 1.0f, rope_cos_local_, rope_sin_local_);
+  build_rope_table(options_.n_ctx, c.head_dim, c.rope_base_global, c.rope_scale_global, rope_cos_global_,
+                   rope_sin_global_);
+
+  const int64_t b = options_.n_batch;
+  x_.resize(b * c.d_model);
+  xn_.resize(b * c.d_model);
+  q_.resize(b * c.n_heads * c.head_dim);
+  k_.resize(b * kv_dim);
+  v_.resize(b * kv_dim);
+  attn_.resize(b * c.n_heads * c.head_dim);
+  proj_.resize(b * c.d_model);
+  gate_.resize(b * c.d_ff);
+  up_.resize(b * c.d_ff);
+  scores_.resize(static_cast<size_t>(options_.n_threads) * options_.n_ctx);
+}
+
+Context::~Context() = default;
+
+int64_t Context::cache_slots(int64_t layer) const {
+  const ModelConfig& c = model_.config();
+  if (!c.is_sliding(layer)) return options_.n_ctx;
+  // A chunk of n_batch tokens needs the window before its first token as well as itself.
+  return std::min(options_.n_ctx, c.sliding_window + options_.n_batch);
+}
+
+int64_t Context::kv_bytes() const {
+  int64_t total = 0;
+  for (size_t i = 0; i < k_cache_.size(); ++i) {
+    total += static_cast<int64_t>((k_cache_[i].size() + v_cache_[i].size()) * sizeof(float));
+  }
+  return total;
+}
+
+void Context::eval(const int32_t* tokens, int64_t n, int64_t logits_from, float* logits_out) {
+  const ModelConfig& c = model_.config();
+  if (n < 0) throw InvalidArgument("token count must not be negative");
+  if (n_past_ + n > options_.n_ctx) {
+    throw InvalidArgument("context overflow: " + std::to_string(n_past_) + " cached + " + std::to_string(n) +
+                          " new tokens exceed n_ctx " + std::to_string(options_.n_ctx) +
+                          "; create the model with a larger n_ctx or shorten the prompt");
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= c.vocab_size) {
+      throw InvalidArgument("token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
+                            " is outside the vocabulary (0.." + std::to_string(c.vocab_size - 1) + ")");
+    }
+  }
+  if (logits_from < n && !logits_out) throw InvalidArgument("logits requested without an output buffer");
+  for (int64_t start = 0; start < n; start += options_.n_batch) {
+    int64_t len = std::min(options_.n_batch, n - start);
+    int64_t chunk_from = std::max<int64_t>(0, logits_from - start);
+    float* out = nullptr;
+    if (chunk_from < len) out = logits_out + (start + chunk_from - logits_from) * c.vocab_size;
+    eval_chunk(tokens + start, len, chunk_from, out);
+  }
+}
+
+void Context::eval_chunk(const int32_t* tokens, int64_t n, int64_t logits_from, float* logits_out) {
+  const ModelConfig& c = model_.config();
+  const int64_t d = c.d_model;
+  const int64_t hd = c.head_dim;
+  const int64_t q_dim = c.n_heads * hd;
+  const int64_t kv_dim = c.n_kv_heads * hd;
+  ThreadPool& pool = *pool_;
+
+  // Embedding lookup, scaled by sqrt(d_model) in float32.
+  for (int64_t t = 0; t < n; ++t) {
+    float* row = &x_[t * d];
+    model_.token_embd().dequantize_row(tokens[t], row);
+    for (int64_t i = 0; i < d; ++i) row[i] *= c.embedding_scale;
+  }
+
+  for (int64_t il = 0; il < c.n_layers; ++il) {
+    const LayerWeights& l = model_.layer(il);
+    const bool sliding = c.is_sliding(il);
+    const std::vector<float>& rope_cos = sliding ? rope_cos_local_ : rope_cos_global_;
+    const std::vector<float>& rope_sin = sliding ? rope_sin_local_ : rope_sin_global_;
+
+    // Attention block: pre-norm, Q/K/V projections.
+    for (int64_t t = 0; t < n; ++t) rms_norm(&x_[t * d], l.attn_norm.data(), &xn_[t * d], d, c.norm_eps);
+    matmul(l.wq, xn_.data(), n, q_.data(), pool);
+    matmul(l.wk, xn_.data(), n, k_.data(), pool);
+    matmul(l.wv, xn_.data(), n, v_.data(), pool);
+
+    // QK-norm per head, then RoPE at each token's position; K and V go into the cache.
+    const int64_t slots = cache_slots(il);
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t pos = n_past_ + t;
+      const float* cos_row = &rope_cos[pos * (hd / 2)];
+      const float* sin_row = &rope_sin[pos * (hd / 2)];
+      for (int64_t h = 0; h < c.n_heads; ++h) {
+        float* qh = &q_[t * q_dim + h * hd];
+        rms_norm(qh, l.q_norm.data(), qh, hd, c.norm_eps);
+        apply_rope(qh, hd, cos_row, sin_row);
+      }
+      for (int64_t h = 0; h < c.n_kv_heads; ++h) {
+        float* kh = &k_[t * kv_dim + h * hd];
+        rms_norm(kh, l.k_norm.data(), kh, hd, c.norm_eps);
+        apply_rope(kh, hd, cos_row, sin_row);
+      }
+      const int64_t slot = pos % slots;
+      std::memcpy(&k_cache_[il][slot * kv_dim], &k_[t * kv_dim], kv_dim * sizeof(float));
+      std::memcpy(&v_cache_[il][slot * kv_dim], &v_[t * kv_dim], kv_dim * sizeof(float));
+    }
+
+    attention(il, n);
+
+    // Output projection, post-attention norm, residual.
+    matmul(l.wo, attn_.data(), n, proj_.data(), pool);
+    for (int64_t t = 0; t < n; ++t) {
+      float* p = &proj_[t * d];
+      rms_norm(p, l.post_attn_norm.data(), p, d, c.norm_eps);
+      float* x = &x_[t * d];
+      for (int64_t i = 0; i < d; ++i) x[i] += p[i];
+    }
+
+    // Feed-forward block: GeGLU (tanh GELU on the gate), post-norm, residual.
+    for (int64_t t = 0; t < n; ++t) rms_norm(&x_[t * d], l.ffn_norm.data(), &xn_[t * d], d, c.norm_eps);
+    matmul(l.gate, xn_.data(), n, gate_.data(), pool);
+    matmul(l.up, xn_.data(), n, up_.data(), pool);
+    for (int64_t i = 0; i < n * c.d_ff; ++i) gate_[i] = gelu_tanh(gate_[i]) * up_[i];
+    matmul(l.down, gate_.data(), n, proj_.data(), pool);
+    for (int64_t t = 0; t < n; ++t) {
+      float* p = &proj_[t * d];
+      rms_norm(p, l.post_ffn_norm.data(), p, d, c.norm_eps);
+      float* x = &x_[t * d];
+      for (int64_t i = 0; i < d; ++i) x[i] += p[i];
+    }
+  }
+
+  // Final norm and the tied LM head, only for the rows whose logits were requested.
+  if (logits_out && logits_from < n) {
+    const int64_t rows = n - logits_from;
+    for (int64_t t = logits_from; t < n; ++t) {
+      rms_norm(&x_[t * d], model_.output_norm().data(), &xn_[(t - logits_from) * d], d, c.norm_eps);
+    }
+    matmul(model_.token_embd(), xn_.data(), rows, logits_out, pool);
+  }
+  n_past_ += n;
+}
+
+// Causal attention for the n tokens of the current chunk (positions n_past_ ..), over the
+// cache. Sliding layers see the last `sliding_window` positions, the query's own included.
+void Context::attention(int64_t il, int64_t n) {
+  const ModelConfig& c = model_.config();
+  const int64_t hd = c.head_dim;
+  const int64_t q_dim = c.n_heads * hd;
+  const int64_t kv_dim = c.n_kv_heads * hd;
+  const int64_t group = c.n_heads / c.n_kv_heads;
+  const int64_t slots = cache_slots(il);
+  const bool sliding = c.is_sliding(il);
+  const float* k_cache = k_cache_[il].data();
+  const float* v_cache = v_cache_[il].data();
+  const int64_t n_tasks = n * c.n_heads;
+  const int64_t n_ctx = options_.n_ctx;
+
+  pool_->run([&](int thread, int n_threads) {
+    float* scores = &scores_[thread * n_ctx];
+    for (int64_t task = thread; task < n_tasks; task += n_threads) {
+      const int64_t t = task / c.n_heads;
+      const int64_t h = task % c.n_heads;
+      const int64_t pos = n_past_ + t;
+      const int64_t first = sliding ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
+      const float* q = &q_[t * q_dim + h * hd];
+      const int64_t kv_offset = (h / group) * hd;
+
+      float max_score = -INFINITY;
+      for (int64_t p = first; p <= pos; ++p) {
+        const float* k = &k_cache[(p % slots) * kv_dim + kv_offset];
+        float dot = 0.0f;
+        for (int64_t i = 0; i < hd; ++i) dot += q[i] * k[i];
+        dot *= c.attention_scale;
+        scores[p - first] = dot;
+        max_score = std::max(max_score, dot);
+      }
+      float sum = 0.0f;
+      for (int64_t p = first; p <= pos; ++p) {
+        float e = std::exp(scores[p - first] - max_score);
+        scores[p - first] = e;
+        sum += e;
+      }
+      float* out = &attn_[t * q_dim + h * hd];
+      std::fill(out, out + hd, 0.0f);
+      const float inv_sum = 1.0f / sum;
+      for (int64_t p = first; p <= pos; ++p) {
+        const float* v = &v_cache[(p % slots) * kv_dim + kv_offset];
+        const float w = scores[p - first] * inv_sum;
+        for (int64_t i = 0; i < hd; ++i) out[i] += w * v[i];
+      }
+    }
+  });
+}
+
+}  // namespace g3e

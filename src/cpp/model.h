@@ -1,0 +1,131 @@
+// Gemma 3 text model: weights loaded from a GGUF file, and the per-sequence context (KV cache)
+// that runs the forward pass.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "gguf.h"
+#include "kernels/matmul.h"
+#include "threadpool.h"
+#include "tokenizer.h"
+
+namespace g3e {
+
+enum class Precision {
+  kQuantized,  // weights as stored (run natively or repacked without loss), int8 activations
+  kF32,        // every weight dequantized to float32, float32 activations: the reference path
+};
+
+struct LayerWeights {
+  std::vector<float> attn_norm;       // (d_model)  pre-attention RMSNorm, (1 + w) folded in
+  std::vector<float> q_norm;          // (head_dim) QK-norm on each query head
+  std::vector<float> k_norm;          // (head_dim) QK-norm on each key head
+  std::vector<float> post_attn_norm;  // (d_model)
+  std::vector<float> ffn_norm;        // (d_model)  pre-feed-forward RMSNorm
+  std::vector<float> post_ffn_norm;   // (d_model)
+  PackedWeight wq;    // (n_heads * head_dim, d_model)
+  PackedWeight wk;    // (n_kv_heads * head_dim, d_model)
+  PackedWeight wv;    // (n_kv_heads * head_dim, d_model)
+  PackedWeight wo;    // (d_model, n_heads * head_dim)
+  PackedWeight gate;  // (d_ff, d_model)
+  PackedWeight up;    // (d_ff, d_model)
+  PackedWeight down;  // (d_model, d_ff)
+};
+
+class Model {
+ public:
+  Model(const std::string& path, Precision precision);
+
+  const ModelConfig& config() const { return config_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const GGUFFile& file() const { return *file_; }
+  Precision precision() const { return precision_; }
+
+  const PackedWeight& token_embd() const { return token_embd_; }  // (vocab, d_model), tied LM head
+  const std::vector<float>& output_norm() const { return output_norm_; }
+  const LayerWeights& layer(int64_t i) const { return layers_[i]; }
+
+  // Bytes of weight data one forward token reads (all layers plus the LM head).
+  int64_t weight_bytes() const;
+  // One line per distinct tensor layout, e.g. "q4_K -> i4b32+zp (repacked): 27 tensors".
+  std::vector<std::string> layout_summary() const;
+
+ private:
+  std::unique_ptr<GGUFFile> file_;
+  ModelConfig config_;
+  Precision precision_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  PackedWeight token_embd_;
+  std::vector<float> output_norm_;  // (d_model)
+  std::vector<LayerWeights> layers_;
+};
+
+// Element type of the KV cache.
+enum class KVType { kF32 };
+
+struct ContextOptions {
+  int64_t n_ctx = 4096;   // maximum number of positions (prompt plus generated tokens)
+  int64_t n_batch = 512;  // tokens per forward chunk during prefill
+  int n_threads = 1;
+  KVType kv_type = KVType::kF32;
+};
+
+// One sequence being evaluated: the KV cache, scratch buffers and a thread pool.
+class Context {
+ public:
+  Context(const Model& model, const ContextOptions& options);
+  ~Context();
+
+  const Model& model() const { return model_; }
+  const ContextOptions& options() const { return options_; }
+  int64_t n_past() const { return n_past_; }
+  void reset() { n_past_ = 0; }
+
+  // Appends n tokens at positions n_past() .. n_past() + n - 1, in chunks of n_batch.
+  // Logits of token i for i >= logits_from go to logits_out[(i - logits_from) * vocab]
+  // (logits_out may be null when logits_from >= n). Throws InvalidArgument when the context
+  // would overflow or a token id is out of range.
+  void eval(const int32_t* tokens, int64_t n, int64_t logits_from, float* logits_out);
+
+  // KV cache memory in bytes (all layers).
+  int64_t kv_bytes() const;
+  // Number of cache slots a layer keeps: n_ctx for global layers, window + n_batch for
+  // sliding layers (a ring buffer).
+  int64_t cache_slots(int64_t layer) const;
+
+  ThreadPool& pool() { return *pool_; }
+
+ private:
+  void eval_chunk(const int32_t* tokens, int64_t n, int64_t logits_from, float* logits_out);
+  void attention(int64_t layer, int64_t n);
+
+  const Model& model_;
+  ContextOptions options_;
+  std::unique_ptr<ThreadPool> pool_;
+  int64_t n_past_ = 0;
+
+  // KV cache per layer: (cache_slots, n_kv_heads * head_dim) row-major, slot = position % slots.
+  std::vector<std::vector<float>> k_cache_;
+  std::vector<std::vector<float>> v_cache_;
+
+  // RoPE tables: (n_ctx, head_dim / 2) cos and sin for each base.
+  std::vector<float> rope_cos_local_, rope_sin_local_, rope_cos_global_, rope_sin_global_;
+
+  // Scratch for one chunk of up to n_batch tokens.
+  std::vector<float> x_;       // (n_batch, d_model) residual stream
+  std::vector<float> xn_;      // (n_batch, d_model) normalised input
+  std::vector<float> q_;       // (n_batch, n_heads * head_dim)
+  std::vector<float> k_;       // (n_batch, n_kv_heads * head_dim)
+  std::vector<float> v_;       // (n_batch, n_kv_heads * head_dim)
+  std::vector<float> attn_;    // (n_batch, n_heads * head_dim)
+  std::vector<float> proj_;    // (n_batch, d_model)
+  std::vector<float> gate_;    // (n_batch, d_ff)
+  std::vector<float> up_;      // (n_batch, d_ff)
+  std::vector<float> scores_;  // (n_threads, n_ctx) attention scores per worker
+};
+
+}  // namespace g3e

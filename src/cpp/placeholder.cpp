@@ -1,1 +1,0 @@
-void g3e_placeholder() {}
