@@ -6,6 +6,7 @@
 #include <map>
 
 #include "errors.h"
+#include "kernels/vec.h"
 #include "log.h"
 
 namespace g3e {
@@ -71,20 +72,6 @@ TokenizerSpec read_tokenizer_spec(const GGUFFile& f) {
   spec.unk_id = id("tokenizer.ggml.unknown_token_id", 3);
   spec.pad_id = id("tokenizer.ggml.padding_token_id", 0);
   return spec;
-}
-
-// RMSNorm over n values with folded (1 + w) weights: out = x / sqrt(mean(x^2) + eps) * w.
-void rms_norm(const float* x, const float* w, float* out, int64_t n, float eps) {
-  double sum = 0.0;
-  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * x[i];
-  float scale = 1.0f / std::sqrt(static_cast<float>(sum / n) + eps);
-  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * scale * w[i];
-}
-
-// GELU with the tanh approximation (Gemma's hidden_activation "gelu_pytorch_tanh").
-inline float gelu_tanh(float x) {
-  constexpr float kSqrt2OverPi = 0.7978845608028654f;
-  return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x)));
 }
 
 // NeoX-style rotation (pairs i and i + d/2), as transformers' rotate_half and llama.cpp's
@@ -287,6 +274,10 @@ void Context::eval_chunk(const int32_t* tokens, int64_t n, int64_t logits_from, 
   const int64_t q_dim = c.n_heads * hd;
   const int64_t kv_dim = c.n_kv_heads * hd;
   ThreadPool& pool = *pool_;
+  const VecOps& vec = vec_ops();
+  auto rms_norm = [&](const float* x, const float* w, float* out, int64_t len) {
+    vec.rms_norm(x, w, out, len, c.norm_eps);
+  };
 
   // Embedding lookup, scaled by sqrt(d_model) in float32.
   for (int64_t t = 0; t < n; ++t) {
@@ -302,7 +293,7 @@ void Context::eval_chunk(const int32_t* tokens, int64_t n, int64_t logits_from, 
     const std::vector<float>& rope_sin = sliding ? rope_sin_local_ : rope_sin_global_;
 
     // Attention block: pre-norm, Q/K/V projections.
-    for (int64_t t = 0; t < n; ++t) rms_norm(&x_[t * d], l.attn_norm.data(), &xn_[t * d], d, c.norm_eps);
+    for (int64_t t = 0; t < n; ++t) rms_norm(&x_[t * d], l.attn_norm.data(), &xn_[t * d], d);
     matmul(l.wq, xn_.data(), n, q_.data(), pool);
     matmul(l.wk, xn_.data(), n, k_.data(), pool);
     matmul(l.wv, xn_.data(), n, v_.data(), pool);
@@ -315,12 +306,12 @@ void Context::eval_chunk(const int32_t* tokens, int64_t n, int64_t logits_from, 
       const float* sin_row = &rope_sin[pos * (hd / 2)];
       for (int64_t h = 0; h < c.n_heads; ++h) {
         float* qh = &q_[t * q_dim + h * hd];
-        rms_norm(qh, l.q_norm.data(), qh, hd, c.norm_eps);
+        rms_norm(qh, l.q_norm.data(), qh, hd);
         apply_rope(qh, hd, cos_row, sin_row);
       }
       for (int64_t h = 0; h < c.n_kv_heads; ++h) {
         float* kh = &k_[t * kv_dim + h * hd];
-        rms_norm(kh, l.k_norm.data(), kh, hd, c.norm_eps);
+        rms_norm(kh, l.k_norm.data(), kh, hd);
         apply_rope(kh, hd, cos_row, sin_row);
       }
       const int64_t slot = pos % slots;
@@ -334,20 +325,21 @@ void Context::eval_chunk(const int32_t* tokens, int64_t n, int64_t logits_from, 
     matmul(l.wo, attn_.data(), n, proj_.data(), pool);
     for (int64_t t = 0; t < n; ++t) {
       float* p = &proj_[t * d];
-      rms_norm(p, l.post_attn_norm.data(), p, d, c.norm_eps);
+      rms_norm(p, l.post_attn_norm.data(), p, d);
       float* x = &x_[t * d];
       for (int64_t i = 0; i < d; ++i) x[i] += p[i];
     }
 
     // Feed-forward block: GeGLU (tanh GELU on the gate), post-norm, residual.
-    for (int64_t t = 0; t < n; ++t) rms_norm(&x_[t * d], l.ffn_norm.data(), &xn_[t * d], d, c.norm_eps);
+    for (int64_t t = 0; t < n; ++t) rms_norm(&x_[t * d], l.ffn_norm.data(), &xn_[t * d], d);
     matmul(l.gate, xn_.data(), n, gate_.data(), pool);
     matmul(l.up, xn_.data(), n, up_.data(), pool);
-    for (int64_t i = 0; i < n * c.d_ff; ++i) gate_[i] = gelu_tanh(gate_[i]) * up_[i];
+    // GELU with the tanh approximation: Gemma's hidden_activation is "gelu_pytorch_tanh".
+    vec.gelu_tanh_mul(gate_.data(), up_.data(), n * c.d_ff);
     matmul(l.down, gate_.data(), n, proj_.data(), pool);
     for (int64_t t = 0; t < n; ++t) {
       float* p = &proj_[t * d];
-      rms_norm(p, l.post_ffn_norm.data(), p, d, c.norm_eps);
+      rms_norm(p, l.post_ffn_norm.data(), p, d);
       float* x = &x_[t * d];
       for (int64_t i = 0; i < d; ++i) x[i] += p[i];
     }
@@ -357,7 +349,7 @@ void Context::eval_chunk(const int32_t* tokens, int64_t n, int64_t logits_from, 
   if (logits_out && logits_from < n) {
     const int64_t rows = n - logits_from;
     for (int64_t t = logits_from; t < n; ++t) {
-      rms_norm(&x_[t * d], model_.output_norm().data(), &xn_[(t - logits_from) * d], d, c.norm_eps);
+      rms_norm(&x_[t * d], model_.output_norm().data(), &xn_[(t - logits_from) * d], d);
     }
     matmul(model_.token_embd(), xn_.data(), rows, logits_out, pool);
   }
@@ -379,6 +371,8 @@ void Context::attention(int64_t il, int64_t n) {
   const int64_t n_tasks = n * c.n_heads;
   const int64_t n_ctx = options_.n_ctx;
 
+  const VecOps& vec = vec_ops();
+
   pool_->run([&](int thread, int n_threads) {
     float* scores = &scores_[thread * n_ctx];
     for (int64_t task = thread; task < n_tasks; task += n_threads) {
@@ -386,31 +380,21 @@ void Context::attention(int64_t il, int64_t n) {
       const int64_t h = task % c.n_heads;
       const int64_t pos = n_past_ + t;
       const int64_t first = sliding ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
+      const int64_t count = pos - first + 1;
       const float* q = &q_[t * q_dim + h * hd];
       const int64_t kv_offset = (h / group) * hd;
 
-      float max_score = -INFINITY;
-      for (int64_t p = first; p <= pos; ++p) {
-        const float* k = &k_cache[(p % slots) * kv_dim + kv_offset];
-        float dot = 0.0f;
-        for (int64_t i = 0; i < hd; ++i) dot += q[i] * k[i];
-        dot *= c.attention_scale;
-        scores[p - first] = dot;
-        max_score = std::max(max_score, dot);
+      // scores[j] = scale * q . k(first + j), then a softmax over the visible keys.
+      for (int64_t j = 0; j < count; ++j) {
+        scores[j] = c.attention_scale * vec.dot(q, &k_cache[((first + j) % slots) * kv_dim + kv_offset], hd);
       }
-      float sum = 0.0f;
-      for (int64_t p = first; p <= pos; ++p) {
-        float e = std::exp(scores[p - first] - max_score);
-        scores[p - first] = e;
-        sum += e;
-      }
+      const float max_score = vec.max(scores, count);
+      const float inv_sum = 1.0f / vec.exp_shifted(scores, count, max_score);
+
       float* out = &attn_[t * q_dim + h * hd];
       std::fill(out, out + hd, 0.0f);
-      const float inv_sum = 1.0f / sum;
-      for (int64_t p = first; p <= pos; ++p) {
-        const float* v = &v_cache[(p % slots) * kv_dim + kv_offset];
-        const float w = scores[p - first] * inv_sum;
-        for (int64_t i = 0; i < hd; ++i) out[i] += w * v[i];
+      for (int64_t j = 0; j < count; ++j) {
+        vec.axpy(scores[j] * inv_sum, &v_cache[((first + j) % slots) * kv_dim + kv_offset], out, hd);
       }
     }
   });

@@ -167,7 +167,10 @@ void bind_kernels(py::module_& m) {
       .def("matmul", &py_matmul, py::arg("x"), py::arg("pool") = nullptr,
            "y[m, rows] = x[m, cols] @ W.T; x may also be 1-D of length cols.");
 
-  m.def("active_isa", &active_isa);
+  m.def("active_isa", &active_isa, "Instruction set the kernels run on now.");
+  m.def("available_isas", &available_isas, "Instruction sets this CPU can run, lowest first.");
+  m.def("set_isa", &set_isa, py::arg("name"),
+        "Switches the kernels to another available ISA (for tests and benchmarks); ValueError if the CPU lacks it.");
 }
 
 }  // namespace g3e::binding

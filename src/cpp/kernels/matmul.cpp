@@ -1,26 +1,28 @@
-// Weight packing and matmul dispatch. First version: f32 weights or raw GGUF blocks with a
-// scalar dequantize-and-dot path.
+// Weight packing and the matmul entry points: float weights or qblock weights (qformat.h),
+// activation quantization, and the split of work over the thread pool.
 #include "kernels/matmul.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 
+#include "kernels/qformat.h"
+#include "kernels/qpack.h"
 #include "threadpool.h"
 
 namespace g3e {
 
 struct PackedWeight::Impl {
-  enum class Kind { kF32, kRaw };
-  Kind kind = Kind::kF32;
+  enum class Kind { kFloat, kQBlock };
+  Kind kind = Kind::kFloat;
   int64_t rows = 0;
   int64_t cols = 0;
   GGMLType type = GGMLType::F32;  // type of the source tensor
   std::string layout;
-  std::vector<float> f32;         // kF32: [rows, cols]
-  const uint8_t* raw = nullptr;   // kRaw: [rows, row_bytes], caller's memory
-  int64_t row_bytes = 0;
+  std::vector<float> f32;         // kFloat: (rows, cols)
+  qk::QMatrix q;                  // kQBlock
 };
 
 PackedWeight::PackedWeight() = default;
@@ -34,18 +36,30 @@ std::string PackedWeight::layout() const { return impl ? impl->layout : "empty";
 
 int64_t PackedWeight::bytes() const {
   if (!impl) return 0;
-  if (impl->kind == Impl::Kind::kF32) return impl->rows * impl->cols * static_cast<int64_t>(sizeof(float));
-  return impl->rows * impl->row_bytes;
+  if (impl->kind == Impl::Kind::kFloat) return impl->rows * impl->cols * static_cast<int64_t>(sizeof(float));
+  return impl->q.panel.n_tiles * impl->q.panel.tile_stride;
 }
 
 void PackedWeight::dequantize_row(int64_t r, float* out) const {
   if (!impl || r < 0 || r >= impl->rows) throw std::out_of_range("PackedWeight::dequantize_row: bad row");
-  if (impl->kind == Impl::Kind::kF32) {
+  if (impl->kind == Impl::Kind::kFloat) {
     std::memcpy(out, impl->f32.data() + r * impl->cols, impl->cols * sizeof(float));
   } else {
-    g3e::dequantize_row(impl->type, impl->raw + r * impl->row_bytes, out, impl->cols);
+    qk::qblock_dequantize_row(impl->q.panel, r, out);
   }
 }
+
+namespace {
+
+std::string describe(const qk::QFormat& f, const char* source) {
+  std::string s = "i" + std::to_string(f.bits) + "b" + std::to_string(f.sub);
+  s += f.scale_f16 ? " f16-scale" : " f32-scale";
+  if (f.has_min) s += "+min";
+  if (f.zp != 0) s += " zp" + std::to_string(f.zp);
+  return s + ", 16-row tiles (repacked from " + source + ")";
+}
+
+}  // namespace
 
 PackedWeight pack_weight(GGMLType type, const void* data, int64_t rows, int64_t cols, PackMode mode) {
   const GGMLTypeInfo* info = ggml_type_info(static_cast<uint32_t>(type));
@@ -65,53 +79,115 @@ PackedWeight pack_weight(GGMLType type, const void* data, int64_t rows, int64_t 
   p.rows = rows;
   p.cols = cols;
   p.type = type;
-  p.row_bytes = ggml_row_bytes(type, cols);
+  if (mode == PackMode::kQuantized && qk::qblock_supports(type)) {
+    p.kind = PackedWeight::Impl::Kind::kQBlock;
+    p.q = qk::qblock_pack(type, data, rows, cols);
+    p.layout = describe(p.q.panel.f, info->name);
+    return w;
+  }
+  // Float weights (and the kF32 reference mode): float32 rows, converted without loss.
+  p.kind = PackedWeight::Impl::Kind::kFloat;
+  const int64_t row_bytes = ggml_row_bytes(type, cols);
   const uint8_t* src = static_cast<const uint8_t*>(data);
-  if (mode == PackMode::kF32) {
-    p.kind = PackedWeight::Impl::Kind::kF32;
-    p.f32.resize(static_cast<size_t>(rows * cols));
-    for (int64_t r = 0; r < rows; ++r) g3e::dequantize_row(type, src + r * p.row_bytes, &p.f32[r * cols], cols);
-    p.layout = std::string("f32 (dequantized from ") + info->name + ")";
+  p.f32.resize(static_cast<size_t>(rows * cols));
+  for (int64_t r = 0; r < rows; ++r) g3e::dequantize_row(type, src + r * row_bytes, &p.f32[r * cols], cols);
+  if (type == GGMLType::F32) {
+    p.layout = "f32";
   } else {
-    p.kind = PackedWeight::Impl::Kind::kRaw;
-    p.raw = src;
-    p.layout = std::string(info->name) + " (mapped, scalar)";
+    p.layout = std::string("f32 (") + (mode == PackMode::kF32 ? "dequantized" : "converted") + " from " +
+               info->name + ")";
   }
   return w;
 }
 
 namespace {
 
-float dot_f32(const float* a, const float* b, int64_t n) {
-  float s = 0.0f;
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
+// y[i, n] for n in [n0, n1): float32 dot products, 8 partial sums to let the compiler vectorize.
+void gemm_f32_rows(const float* w, int64_t k, const float* x, int64_t m, int64_t n0, int64_t n1, float* y,
+                   int64_t ldy) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* wr = w + n * k;
+    for (int64_t i = 0; i < m; ++i) {
+      const float* xr = x + i * k;
+      float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      int64_t j = 0;
+      for (; j + 8 <= k; j += 8)
+        for (int l = 0; l < 8; ++l) s[l] += wr[j + l] * xr[j + l];
+      float tail = 0.0f;
+      for (; j < k; ++j) tail += wr[j] * xr[j];
+      y[i * ldy + n] = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])) + tail;
+    }
+  }
 }
+
+// Activation scratch of the calling thread, reused across calls (64-byte aligned).
+void* acts_scratch(int64_t bytes) {
+  struct Buf {
+    void* p = nullptr;
+    int64_t size = 0;
+    ~Buf() { std::free(p); }
+  };
+  thread_local Buf buf;
+  if (buf.size < bytes) {
+    std::free(buf.p);
+    buf.size = (bytes + 63) / 64 * 64;
+    buf.p = std::aligned_alloc(64, static_cast<size_t>(buf.size));
+    if (buf.p == nullptr) {
+      buf.size = 0;
+      throw std::bad_alloc();
+    }
+  }
+  return buf.p;
+}
+
+// Activation quantization runs on the pool only when it is big enough to pay for a handoff.
+constexpr int64_t kParallelQuantizeElems = 1 << 15;
 
 }  // namespace
 
-void matmul(const PackedWeight& w, const float* x, int64_t m, float* y, ThreadPool& pool) {
-  if (!w.impl) throw std::invalid_argument("matmul: empty weight");
-  const auto& p = *w.impl;
-  const int64_t n = p.rows, k = p.cols;
+void matmul_multi(const PackedWeight* const* ws, float* const* ys, int count, const float* x, int64_t m,
+                  ThreadPool& pool) {
+  if (count <= 0 || m <= 0) return;
+  const int64_t k = ws[0]->cols();
+  bool any_q = false;
+  for (int j = 0; j < count; ++j) {
+    if (!ws[j] || !ws[j]->impl) throw std::invalid_argument("matmul: empty weight");
+    if (ws[j]->cols() != k) throw std::invalid_argument("matmul_multi: weights differ in cols");
+    any_q |= ws[j]->impl->kind == PackedWeight::Impl::Kind::kQBlock;
+  }
+  const qk::IsaKernels& kern = qk::active_kernels();
+
+  qk::QActs acts;
+  if (any_q) {
+    acts = qk::acts_view(acts_scratch(qk::acts_scratch_bytes(m, k)), m, k);
+    if (m * k >= kParallelQuantizeElems && pool.size() > 1) {
+      pool.run([&](int t, int nt) {
+        kern.quantize_acts(x, acts, m * t / nt, m * (t + 1) / nt);
+      });
+    } else {
+      kern.quantize_acts(x, acts, 0, m);
+    }
+  }
+
   pool.run([&](int t, int nt) {
-    const int64_t chunk = (n + nt - 1) / nt;
-    const int64_t r0 = std::min<int64_t>(n, chunk * t), r1 = std::min<int64_t>(n, r0 + chunk);
-    std::vector<float> row;
-    if (p.kind == PackedWeight::Impl::Kind::kRaw) row.resize(static_cast<size_t>(k));
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* wr;
-      if (p.kind == PackedWeight::Impl::Kind::kF32) {
-        wr = p.f32.data() + r * k;
+    for (int j = 0; j < count; ++j) {
+      const auto& p = *ws[j]->impl;
+      if (p.kind == PackedWeight::Impl::Kind::kQBlock) {
+        const int64_t tiles = p.q.panel.n_tiles;
+        const int64_t t0 = tiles * t / nt, t1 = tiles * (t + 1) / nt;
+        if (t0 < t1) kern.qgemm(p.q.panel, acts, t0, t1, ys[j], p.rows);
       } else {
-        g3e::dequantize_row(p.type, p.raw + r * p.row_bytes, row.data(), k);
-        wr = row.data();
+        const int64_t n0 = p.rows * t / nt, n1 = p.rows * (t + 1) / nt;
+        gemm_f32_rows(p.f32.data(), k, x, m, n0, n1, ys[j], p.rows);
       }
-      for (int64_t i = 0; i < m; ++i) y[i * n + r] = dot_f32(x + i * k, wr, k);
     }
   });
 }
 
-const char* active_isa() { return "scalar"; }
+void matmul(const PackedWeight& w, const float* x, int64_t m, float* y, ThreadPool& pool) {
+  const PackedWeight* ws[1] = {&w};
+  float* ys[1] = {y};
+  matmul_multi(ws, ys, 1, x, m, pool);
+}
 
 }  // namespace g3e

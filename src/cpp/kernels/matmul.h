@@ -46,10 +46,26 @@ class PackedWeight {
 PackedWeight pack_weight(GGMLType type, const void* data, int64_t rows, int64_t cols, PackMode mode);
 
 // y[m, rows] = x[m, cols] * W^T, all float32, row-major. Work is split over the pool's threads.
+// Quantized weights: x is quantized once per call to int8 per block of 32 (scale max|x| / 127,
+// as ggml's Q8_0), so each output carries an error of at most sum_k |w_k| * scale(k) / 2 on top
+// of float rounding. m == 1 runs a bandwidth-shaped GEMV, larger m a tiled GEMM.
 void matmul(const PackedWeight& w, const float* x, int64_t m, float* y, ThreadPool& pool);
 
+// Several weights that share one input (Q/K/V, gate/up): x is quantized once and all products
+// run in one pool dispatch, which saves a thread handoff per weight in decode.
+// ys[j][m, ws[j]->rows()] = x[m, cols] * ws[j]^T; every weight must have the same cols.
+void matmul_multi(const PackedWeight* const* ws, float* const* ys, int count, const float* x, int64_t m,
+                  ThreadPool& pool);
+
 // Name of the instruction set chosen at start-up ("scalar", "avx2", "avx512", "neon", ...).
-// GEMMA3_EDGE_ISA may force a lower one.
+// GEMMA3_EDGE_ISA may force a lower one; an ISA the CPU lacks makes the first call throw.
 const char* active_isa();
+
+// ISAs this CPU can run, lowest first (always starts with "scalar").
+std::vector<std::string> available_isas();
+
+// Switches the kernels used by later calls (tests, benchmarks). Throws std::invalid_argument
+// for an ISA this CPU cannot run. Not to be called while a matmul is running.
+void set_isa(const std::string& name);
 
 }  // namespace g3e

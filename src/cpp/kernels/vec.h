@@ -1,0 +1,43 @@
+// Float32 vector operations used around the matrix multiplications: dot products and
+// accumulation for attention, softmax, RMSNorm and the GeGLU activation. One implementation
+// per instruction set, each checked against the scalar reference (vec_scalar.cpp).
+#pragma once
+
+#include <cstdint>
+
+namespace g3e {
+
+struct VecOps {
+  const char* isa;
+  // Returns sum(a[i] * b[i]) for i < n.
+  float (*dot)(const float* a, const float* b, int64_t n);
+  // y[i] += alpha * x[i].
+  void (*axpy)(float alpha, const float* x, float* y, int64_t n);
+  // x[i] *= alpha.
+  void (*scale)(float alpha, float* x, int64_t n);
+  // x[i] = exp(x[i] - max_value); returns the sum of the new values.
+  float (*exp_shifted)(float* x, int64_t n, float max_value);
+  // Returns max(x[0..n)), n >= 1.
+  float (*max)(const float* x, int64_t n);
+  // out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]; out may equal x. Gemma's (1 + w) is folded
+  // into w by the GGUF converter.
+  void (*rms_norm)(const float* x, const float* w, float* out, int64_t n, float eps);
+  // gate[i] = gelu_tanh(gate[i]) * up[i], with GELU's tanh approximation.
+  void (*gelu_tanh_mul)(float* gate, const float* up, int64_t n);
+};
+
+const VecOps& vec_ops_scalar();
+#if defined(__x86_64__) || defined(_M_X64)
+const VecOps& vec_ops_avx2();
+const VecOps& vec_ops_avx512();
+#endif
+#if defined(__aarch64__)
+const VecOps& vec_ops_neon();
+#endif
+
+// The implementation for the instruction set chosen at start-up (active_isa()).
+const VecOps& vec_ops();
+// The implementation for a named instruction set, or nullptr when this build or CPU lacks it.
+const VecOps* vec_ops_for(const char* isa);
+
+}  // namespace g3e

@@ -1,0 +1,84 @@
+// Scalar reference for vec.h, and the selection of the implementation by instruction set.
+#include <cmath>
+#include <cstring>
+
+#include "kernels/matmul.h"
+#include "kernels/vec.h"
+
+namespace g3e {
+
+namespace {
+
+float dot(const float* a, const float* b, int64_t n) {
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+void axpy(float alpha, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
+void scale(float alpha, float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] *= alpha;
+}
+
+float exp_shifted(float* x, int64_t n, float max_value) {
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - max_value);
+    sum += x[i];
+  }
+  return sum;
+}
+
+float max(const float* x, int64_t n) {
+  float m = x[0];
+  for (int64_t i = 1; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+void rms_norm(const float* x, const float* w, float* out, int64_t n, float eps) {
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) sum += x[i] * x[i];
+  const float inv = 1.0f / std::sqrt(sum / static_cast<float>(n) + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * inv * w[i];
+}
+
+void gelu_tanh_mul(float* gate, const float* up, int64_t n) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = gate[i];
+    gate[i] = 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x))) * up[i];
+  }
+}
+
+}  // namespace
+
+const VecOps& vec_ops_scalar() {
+  static const VecOps ops{"scalar", dot, axpy, scale, exp_shifted, max, rms_norm, gelu_tanh_mul};
+  return ops;
+}
+
+const VecOps* vec_ops_for(const char* isa) {
+  if (std::strcmp(isa, "scalar") == 0) return &vec_ops_scalar();
+#if defined(__x86_64__) || defined(_M_X64)
+  if (std::strncmp(isa, "avx2", 4) == 0) return &vec_ops_avx2();
+  if (std::strncmp(isa, "avx512", 6) == 0) return &vec_ops_avx512();
+#endif
+#if defined(__aarch64__)
+  if (std::strncmp(isa, "neon", 4) == 0) return &vec_ops_neon();
+#endif
+  return nullptr;
+}
+
+const VecOps& vec_ops() {
+  // active_isa() is the single place that reads CPU features and GEMMA3_EDGE_ISA.
+  static const VecOps* chosen = [] {
+    const VecOps* ops = vec_ops_for(active_isa());
+    return ops ? ops : &vec_ops_scalar();
+  }();
+  return *chosen;
+}
+
+}  // namespace g3e
