@@ -20,6 +20,7 @@ from gemma3_edge import _core
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WIKITEXT = REPO_ROOT.parent / "shared" / "data" / "wikitext-2-test.txt"
 
+SPACE_SYMBOL = "\u2581"
 BOS_ID, EOS_ID, UNK_ID, PAD_ID = 2, 1, 3, 0
 START_OF_TURN_ID, END_OF_TURN_ID = 105, 106
 
@@ -140,6 +141,12 @@ def wikitext() -> str:
     return WIKITEXT.read_text(encoding="utf-8")
 
 
+def decoded(text: str) -> bytes:
+    """Return what decode(encode(text)) gives: the text itself, except that U+2581 comes back
+    as a space because sentencepiece encodes both to the same pieces."""
+    return text.replace(SPACE_SYMBOL, " ").encode("utf-8")
+
+
 def fuzz_strings(seed: int, count: int, max_atoms: int) -> list[str]:
     rng = random.Random(seed)
     return ["".join(rng.choices(FUZZ_ATOMS, k=rng.randint(0, max_atoms))) for _ in range(count)]
@@ -211,7 +218,7 @@ def test_byte_pieces_decode_to_their_byte(tok):
 def test_hard_case_matches_sentencepiece(tok, sp, text):
     ids = tok.encode(text)
     assert ids == sp.encode(text)
-    assert tok.decode(ids) == text.encode("utf-8")
+    assert tok.decode(ids) == decoded(text)
     assert tok.decode(ids).decode("utf-8") == sp.decode(ids)
 
 
@@ -225,7 +232,7 @@ def test_random_strings_match_sentencepiece(tok, sp):
     ours = [tok.encode(text) for text in texts]
     theirs = [sp.encode(text) for text in texts]
     assert ours == theirs, first_mismatch(texts, ours, theirs)
-    assert all(tok.decode(ids) == text.encode("utf-8") for text, ids in zip(texts, ours))
+    assert all(tok.decode(ids) == decoded(text) for text, ids in zip(texts, ours))
 
 
 def test_wikitext_lines_match_sentencepiece(tok, sp, wikitext):
@@ -316,7 +323,7 @@ def test_random_bytes_round_trip(tok):
     for _ in range(500):
         data = bytes(rng.choice([0x20, 0x41, 0x0A, 0xC3, 0xA9, 0xE2, 0x96, 0x81, 0xF0, 0x9F, 0xFF])
                      for _ in range(rng.randint(0, 30)))
-        assert tok.decode(tok.encode(data)) == data
+        assert tok.decode(tok.encode(data)) == data.replace(SPACE_SYMBOL.encode("utf-8"), b" ")
 
 
 def test_lone_surrogate_rejected(tok):
@@ -350,7 +357,7 @@ def test_streaming_decoder_reproduces_text(tok, text):
     expected = [decoder.decode(tok.piece(i)) for i in ids] + [decoder.decode(b"", final=True)]
     outputs = stream(tok, ids)
     assert outputs == expected
-    assert "".join(outputs) == text
+    assert "".join(outputs).encode("utf-8") == decoded(text)
 
 
 def test_streaming_decoder_holds_partial_characters(tok):
@@ -364,21 +371,71 @@ def test_streaming_decoder_flush_replaces_incomplete(tok):
 
 
 def test_streaming_decoder_matches_python_on_random_bytes(tok):
-    # Python's incremental UTF-8 decoder with errors="replace" is the reference: it emits
-    # complete characters only and one U+FFFD per maximal invalid subpart.
+    # Reference: bytes.decode("utf-8", "replace"), one U+FFFD per maximal invalid subpart. Python's
+    # incremental decoder gives a lower bound on what must be out after each byte (it waits for
+    # the third byte of ED A0..BF before replacing, where ours replaces at once).
     rng = random.Random(11)
     pool = [0x41, 0x20, 0x80, 0xA9, 0xBF, 0xC2, 0xC3, 0xE0, 0xE2, 0xED, 0xF0, 0xF4, 0x9F, 0x90, 0xFF]
     for _ in range(500):
         data = bytes(rng.choice(pool) for _ in range(rng.randint(0, 24)))
-        ids = byte_ids(tok, data)
+        outputs = stream(tok, byte_ids(tok, data))
+        assert "".join(outputs) == data.decode("utf-8", "replace"), data
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        expected = [decoder.decode(bytes([b])) for b in data] + [decoder.decode(b"", final=True)]
-        assert stream(tok, ids) == expected, data
+        ours_so_far = python_so_far = ""
+        for value, output in zip(data, outputs):
+            ours_so_far += output
+            python_so_far += decoder.decode(bytes([value]))
+            assert ours_so_far.startswith(python_so_far), data
 
 
 def test_streaming_decoder_skips_control_tokens(tok):
     ids = [BOS_ID] + tok.encode("hi") + [END_OF_TURN_ID]
     assert "".join(stream(tok, ids)) == "hi"
+
+
+# --- small made-up vocabularies ------------------------------------------------------------------
+
+
+def made_up_vocab(extra: list[tuple[str, float, int]]) -> sp_oracle.GgufVocab:
+    specials = [("<pad>", 0.0, 3), ("<eos>", 0.0, 3), ("<bos>", 0.0, 3), ("<unk>", 0.0, 2)]
+    byte_pieces = [(f"<0x{b:02X}>", 0.0, 6) for b in range(256)]
+    entries = specials + byte_pieces + extra
+    return sp_oracle.GgufVocab(
+        pieces=[piece.encode("utf-8") for piece, _, _ in entries],
+        scores=[score for _, score, _ in entries],
+        types=[kind for _, _, kind in entries],
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        unk_id=UNK_ID,
+        pad_id=PAD_ID,
+    )
+
+
+# Equal scores test the leftmost tie-break, unused pieces (type 5) test sentencepiece's
+# resegmentation, "e" is missing so it takes byte fallback, and "<u>" is user-defined.
+MADE_UP_PIECES = [
+    ("a", -10.0, 1), ("b", -10.0, 1), ("c", -10.0, 1), ("d", -10.0, 1), ("\u2581", -10.0, 1),
+    ("ab", -1.0, 1), ("bc", -1.0, 1), ("abc", -2.0, 1), ("cd", -0.5, 5), ("abcd", -3.0, 1),
+    ("\u2581a", -1.5, 1), ("dd", -1.0, 1), ("ddd", -2.0, 5), ("dddd", -2.5, 1), ("da", -0.7, 1),
+    ("<u>", 0.0, 4), ("\u2581\u2581", 0.0, 4), ("<c>", 0.0, 3), ("bb", -4.0, 1), ("bbb", -3.5, 1),
+]
+
+
+@pytest.mark.parametrize("with_unused", [True, False], ids=["unused-pieces", "no-unused-pieces"])
+def test_made_up_vocab_matches_sentencepiece(with_unused):
+    pytest.importorskip("sentencepiece")
+    pytest.importorskip("google.protobuf", reason="sentencepiece_model_pb2 needs protobuf")
+    entries = [(p, s, t if with_unused or t != 5 else 1) for p, s, t in MADE_UP_PIECES]
+    vocab = made_up_vocab(entries)
+    processor = sp_oracle.sentencepiece_from_vocab(vocab)
+    tokenizer = sp_oracle.core_tokenizer_from_vocab(vocab)
+    rng = random.Random(5)
+    atoms = ["a", "b", "c", "d", "e", " ", "  ", "<u>", "<c>", "\u00e9"]
+    texts = ["".join(rng.choices(atoms, k=rng.randint(0, 16))) for _ in range(3000)]
+    ours = [tokenizer.encode(text) for text in texts]
+    theirs = [processor.encode(text) for text in texts]
+    assert ours == theirs, first_mismatch(texts, ours, theirs)
+    assert all(tokenizer.decode(ids) == decoded(text) for text, ids in zip(texts, ours))
 
 
 # --- construction errors -----------------------------------------------------------------------

@@ -8,5 +8,6 @@ namespace g3e::binding {
 void bind_kernels(pybind11::module_& m);
 void bind_tokenizer(pybind11::module_& m);
 void bind_model(pybind11::module_& m);
+void bind_vec(pybind11::module_& m);
 
 }  // namespace g3e::binding

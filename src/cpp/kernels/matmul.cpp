@@ -10,6 +10,7 @@
 
 #include "kernels/qformat.h"
 #include "kernels/qpack.h"
+#include "kernels/vec.h"
 #include "threadpool.h"
 
 namespace g3e {
@@ -43,7 +44,7 @@ int64_t PackedWeight::bytes() const {
 void PackedWeight::dequantize_row(int64_t r, float* out) const {
   if (!impl || r < 0 || r >= impl->rows) throw std::out_of_range("PackedWeight::dequantize_row: bad row");
   if (impl->kind == Impl::Kind::kFloat) {
-    std::memcpy(out, impl->f32.data() + r * impl->cols, impl->cols * sizeof(float));
+    sgemm_unpack_row(impl->f32.data(), r, impl->cols, out);
   } else {
     qk::qblock_dequantize_row(impl->q.panel, r, out);
   }
@@ -89,8 +90,13 @@ PackedWeight pack_weight(GGMLType type, const void* data, int64_t rows, int64_t 
   p.kind = PackedWeight::Impl::Kind::kFloat;
   const int64_t row_bytes = ggml_row_bytes(type, cols);
   const uint8_t* src = static_cast<const uint8_t*>(data);
-  p.f32.resize(static_cast<size_t>(rows * cols));
-  for (int64_t r = 0; r < rows; ++r) g3e::dequantize_row(type, src + r * row_bytes, &p.f32[r * cols], cols);
+  // Stored in sgemm panels (vec.h) so the float GEMM streams each weight once per row block.
+  p.f32.assign(static_cast<size_t>(sgemm_panel_count(rows) * kSgemmPanel * cols), 0.0f);
+  std::vector<float> row(static_cast<size_t>(cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    g3e::dequantize_row(type, src + r * row_bytes, row.data(), cols);
+    sgemm_pack_row(row.data(), r, cols, p.f32.data());
+  }
   if (type == GGMLType::F32) {
     p.layout = "f32";
   } else {
@@ -101,24 +107,6 @@ PackedWeight pack_weight(GGMLType type, const void* data, int64_t rows, int64_t 
 }
 
 namespace {
-
-// y[i, n] for n in [n0, n1): float32 dot products, 8 partial sums to let the compiler vectorize.
-void gemm_f32_rows(const float* w, int64_t k, const float* x, int64_t m, int64_t n0, int64_t n1, float* y,
-                   int64_t ldy) {
-  for (int64_t n = n0; n < n1; ++n) {
-    const float* wr = w + n * k;
-    for (int64_t i = 0; i < m; ++i) {
-      const float* xr = x + i * k;
-      float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      int64_t j = 0;
-      for (; j + 8 <= k; j += 8)
-        for (int l = 0; l < 8; ++l) s[l] += wr[j + l] * xr[j + l];
-      float tail = 0.0f;
-      for (; j < k; ++j) tail += wr[j] * xr[j];
-      y[i * ldy + n] = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])) + tail;
-    }
-  }
-}
 
 // Activation scratch of the calling thread, reused across calls (64-byte aligned).
 void* acts_scratch(int64_t bytes) {
@@ -177,8 +165,9 @@ void matmul_multi(const PackedWeight* const* ws, float* const* ys, int count, co
         const int64_t t0 = tiles * t / nt, t1 = tiles * (t + 1) / nt;
         if (t0 < t1) kern.qgemm(p.q.panel, acts, t0, t1, ys[j], p.rows);
       } else {
-        const int64_t n0 = p.rows * t / nt, n1 = p.rows * (t + 1) / nt;
-        gemm_f32_rows(p.f32.data(), k, x, m, n0, n1, ys[j], p.rows);
+        const int64_t panels = sgemm_panel_count(p.rows);
+        const int64_t p0 = panels * t / nt, p1 = panels * (t + 1) / nt;
+        if (p0 < p1) vec_ops().sgemm(p.f32.data(), p.rows, k, x, m, p0, p1, ys[j], p.rows);
       }
     }
   });

@@ -24,7 +24,21 @@ struct VecOps {
   void (*rms_norm)(const float* x, const float* w, float* out, int64_t n, float eps);
   // gate[i] = gelu_tanh(gate[i]) * up[i], with GELU's tanh approximation.
   void (*gelu_tanh_mul)(float* gate, const float* up, int64_t n);
+  // Float32 GEMM on weights packed by sgemm_pack: y[i * ldy + c] = x[i, :] . W[c, :] for
+  // i < m and every column c of panels [p0, p1).
+  void (*sgemm)(const float* panels, int64_t n, int64_t k, const float* x, int64_t m, int64_t p0, int64_t p1,
+                float* y, int64_t ldy);
 };
+
+// Float32 weights W (n, k) for sgemm are stored in panels of kSgemmPanel output columns,
+// k-major: element (c, kk) of panel p = c / kSgemmPanel is at panels[(p * k + kk) * kSgemmPanel + c % kSgemmPanel].
+// Columns past n in the last panel are zero.
+constexpr int64_t kSgemmPanel = 32;
+inline int64_t sgemm_panel_count(int64_t n) { return (n + kSgemmPanel - 1) / kSgemmPanel; }
+// Packs row r of W from src (n, k) row-major; out holds sgemm_panel_count(n) * k * kSgemmPanel floats.
+void sgemm_pack_row(const float* row, int64_t r, int64_t k, float* out);
+// Reads row r of W back from the panels.
+void sgemm_unpack_row(const float* panels, int64_t r, int64_t k, float* out);
 
 const VecOps& vec_ops_scalar();
 #if defined(__x86_64__) || defined(_M_X64)

@@ -1,6 +1,7 @@
 // AVX2 + FMA implementation of vec.h (compiled with AVX2 flags; chosen at run time).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/vec.h"
@@ -127,10 +128,55 @@ void gelu_tanh_mul(float* gate, const float* up, int64_t n) {
   }
 }
 
+// Float32 GEMM micro-kernel: MR rows of x times one panel of 32 weight columns (four ymm).
+template <int MR>
+void sgemm_tile(const float* panel, int64_t k, const float* x, int64_t ldx, float* y, int64_t ldy, int64_t width) {
+  __m256 acc[MR][4];
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = _mm256_setzero_ps();
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const float* wp = panel + kk * kSgemmPanel;
+    const __m256 w0 = _mm256_loadu_ps(wp), w1 = _mm256_loadu_ps(wp + 8);
+    const __m256 w2 = _mm256_loadu_ps(wp + 16), w3 = _mm256_loadu_ps(wp + 24);
+    for (int r = 0; r < MR; ++r) {
+      const __m256 xb = _mm256_broadcast_ss(x + r * ldx + kk);
+      acc[r][0] = _mm256_fmadd_ps(xb, w0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(xb, w1, acc[r][1]);
+      acc[r][2] = _mm256_fmadd_ps(xb, w2, acc[r][2]);
+      acc[r][3] = _mm256_fmadd_ps(xb, w3, acc[r][3]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    if (width == kSgemmPanel) {
+      for (int j = 0; j < 4; ++j) _mm256_storeu_ps(y + r * ldy + 8 * j, acc[r][j]);
+    } else {
+      alignas(32) float tmp[kSgemmPanel];
+      for (int j = 0; j < 4; ++j) _mm256_store_ps(tmp + 8 * j, acc[r][j]);
+      for (int64_t c = 0; c < width; ++c) y[r * ldy + c] = tmp[c];
+    }
+  }
+}
+
+void sgemm(const float* panels, int64_t n, int64_t k, const float* x, int64_t m, int64_t p0, int64_t p1, float* y,
+           int64_t ldy) {
+  constexpr int kRows = 2;           // rows per micro-tile: 8 accumulators + 4 weight registers
+  constexpr int64_t kRowBlock = 96;  // rows of x kept hot in cache while panels stream past
+  for (int64_t i0 = 0; i0 < m; i0 += kRowBlock) {
+    const int64_t i1 = std::min(m, i0 + kRowBlock);
+    for (int64_t p = p0; p < p1; ++p) {
+      const float* panel = panels + p * k * kSgemmPanel;
+      const int64_t width = std::min<int64_t>(kSgemmPanel, n - p * kSgemmPanel);
+      float* yp = y + p * kSgemmPanel;
+      int64_t i = i0;
+      for (; i + kRows <= i1; i += kRows) sgemm_tile<kRows>(panel, k, x + i * k, k, yp + i * ldy, ldy, width);
+      if (i < i1) sgemm_tile<1>(panel, k, x + i * k, k, yp + i * ldy, ldy, width);
+    }
+  }
+}
+
 }  // namespace
 
 const VecOps& vec_ops_avx2() {
-  static const VecOps ops{"avx2", dot, axpy, scale, exp_shifted, max, rms_norm, gelu_tanh_mul};
+  static const VecOps ops{"avx2", dot, axpy, scale, exp_shifted, max, rms_norm, gelu_tanh_mul, sgemm};
   return ops;
 }
 

@@ -1,6 +1,7 @@
 // AVX-512F implementation of vec.h (compiled with AVX-512 flags; chosen at run time).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/vec.h"
@@ -111,10 +112,55 @@ void gelu_tanh_mul(float* gate, const float* up, int64_t n) {
   }
 }
 
+// Float32 GEMM micro-kernel: MR rows of x times one panel of 32 weight columns (two zmm).
+template <int MR>
+void sgemm_tile(const float* panel, int64_t k, const float* x, int64_t ldx, float* y, int64_t ldy, int64_t width) {
+  __m512 acc[MR][2];
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const __m512 w0 = _mm512_loadu_ps(panel + kk * kSgemmPanel);
+    const __m512 w1 = _mm512_loadu_ps(panel + kk * kSgemmPanel + 16);
+    for (int r = 0; r < MR; ++r) {
+      const __m512 xb = _mm512_set1_ps(x[r * ldx + kk]);
+      acc[r][0] = _mm512_fmadd_ps(xb, w0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(xb, w1, acc[r][1]);
+    }
+  }
+  const __mmask16 m0 = tail_mask(width), m1 = tail_mask(width - 16 > 0 ? width - 16 : 0);
+  for (int r = 0; r < MR; ++r) {
+    _mm512_mask_storeu_ps(y + r * ldy, m0, acc[r][0]);
+    if (width > 16) _mm512_mask_storeu_ps(y + r * ldy + 16, m1, acc[r][1]);
+  }
+}
+
+void sgemm(const float* panels, int64_t n, int64_t k, const float* x, int64_t m, int64_t p0, int64_t p1, float* y,
+           int64_t ldy) {
+  constexpr int kRows = 6;           // rows per micro-tile: 12 accumulators + 2 weight registers
+  constexpr int64_t kRowBlock = 96;  // rows of x kept hot in cache while panels stream past
+  for (int64_t i0 = 0; i0 < m; i0 += kRowBlock) {
+    const int64_t i1 = std::min(m, i0 + kRowBlock);
+    for (int64_t p = p0; p < p1; ++p) {
+      const float* panel = panels + p * k * kSgemmPanel;
+      const int64_t width = std::min<int64_t>(kSgemmPanel, n - p * kSgemmPanel);
+      float* yp = y + p * kSgemmPanel;
+      int64_t i = i0;
+      for (; i + kRows <= i1; i += kRows) sgemm_tile<kRows>(panel, k, x + i * k, k, yp + i * ldy, ldy, width);
+      switch (i1 - i) {
+        case 5: sgemm_tile<5>(panel, k, x + i * k, k, yp + i * ldy, ldy, width); break;
+        case 4: sgemm_tile<4>(panel, k, x + i * k, k, yp + i * ldy, ldy, width); break;
+        case 3: sgemm_tile<3>(panel, k, x + i * k, k, yp + i * ldy, ldy, width); break;
+        case 2: sgemm_tile<2>(panel, k, x + i * k, k, yp + i * ldy, ldy, width); break;
+        case 1: sgemm_tile<1>(panel, k, x + i * k, k, yp + i * ldy, ldy, width); break;
+        default: break;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 const VecOps& vec_ops_avx512() {
-  static const VecOps ops{"avx512", dot, axpy, scale, exp_shifted, max, rms_norm, gelu_tanh_mul};
+  static const VecOps ops{"avx512", dot, axpy, scale, exp_shifted, max, rms_norm, gelu_tanh_mul, sgemm};
   return ops;
 }
 

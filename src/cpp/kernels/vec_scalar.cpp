@@ -1,4 +1,5 @@
 // Scalar reference for vec.h, and the selection of the implementation by instruction set.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -53,10 +54,36 @@ void gelu_tanh_mul(float* gate, const float* up, int64_t n) {
   }
 }
 
+void sgemm(const float* panels, int64_t n, int64_t k, const float* x, int64_t m, int64_t p0, int64_t p1, float* y,
+           int64_t ldy) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* panel = panels + p * k * kSgemmPanel;
+    const int64_t width = std::min<int64_t>(kSgemmPanel, n - p * kSgemmPanel);
+    for (int64_t i = 0; i < m; ++i) {
+      float acc[kSgemmPanel] = {};
+      const float* xr = x + i * k;
+      for (int64_t kk = 0; kk < k; ++kk) {
+        for (int64_t c = 0; c < kSgemmPanel; ++c) acc[c] += xr[kk] * panel[kk * kSgemmPanel + c];
+      }
+      for (int64_t c = 0; c < width; ++c) y[i * ldy + p * kSgemmPanel + c] = acc[c];
+    }
+  }
+}
+
 }  // namespace
 
+void sgemm_pack_row(const float* row, int64_t r, int64_t k, float* out) {
+  float* panel = out + (r / kSgemmPanel) * k * kSgemmPanel + r % kSgemmPanel;
+  for (int64_t kk = 0; kk < k; ++kk) panel[kk * kSgemmPanel] = row[kk];
+}
+
+void sgemm_unpack_row(const float* panels, int64_t r, int64_t k, float* out) {
+  const float* panel = panels + (r / kSgemmPanel) * k * kSgemmPanel + r % kSgemmPanel;
+  for (int64_t kk = 0; kk < k; ++kk) out[kk] = panel[kk * kSgemmPanel];
+}
+
 const VecOps& vec_ops_scalar() {
-  static const VecOps ops{"scalar", dot, axpy, scale, exp_shifted, max, rms_norm, gelu_tanh_mul};
+  static const VecOps ops{"scalar", dot, axpy, scale, exp_shifted, max, rms_norm, gelu_tanh_mul, sgemm};
   return ops;
 }
 
