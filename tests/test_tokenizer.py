@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import random
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -436,6 +437,15 @@ def test_made_up_vocab_matches_sentencepiece(with_unused):
     theirs = [processor.encode(text) for text in texts]
     assert ours == theirs, first_mismatch(texts, ours, theirs)
     assert all(tokenizer.decode(ids) == decoded(text) for text, ids in zip(texts, ours))
+
+
+def test_cpp_tokenizer_unit_tests():
+    executables = sorted(REPO_ROOT.glob("build/*/test_tokenizer"))
+    if not executables:
+        pytest.skip("tests/cpp/test_tokenizer.cpp is not built (build the package first)")
+    result = subprocess.run([str(executables[0])], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert result.stdout.strip().endswith(" 0 failed")
 
 
 # --- construction errors -----------------------------------------------------------------------

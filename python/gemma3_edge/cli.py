@@ -1,4 +1,4 @@
-"""Command-line interface: gemma3-edge generate | info | perplexity."""
+"""Command-line interface: gemma3-edge generate | info | perplexity | bench."""
 
 from __future__ import annotations
 
@@ -108,6 +108,22 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from gemma3_edge.bench import bench, format_report
+
+    reports = []
+    for threads in args.threads_list or [args.threads]:
+        args.threads = threads
+        model = _load(args, n_ctx=max(args.ctx, args.n_prompt, args.n_gen))
+        reports.append(bench(model, n_prompt=args.n_prompt, n_gen=args.n_gen, repetitions=args.repetitions))
+        del model
+    if args.json:
+        print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
+    else:
+        print("\n\n".join(format_report(r) for r in reports))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gemma3-edge", description="Run Gemma 3 on the CPU.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--chunks", type=int, default=None, help="score only the first N chunks")
     ppl.add_argument("--json", action="store_true", help="machine-readable output")
     ppl.set_defaults(func=_cmd_perplexity, ctx=512)
+
+    bench = sub.add_parser("bench", help="prefill (pp) and decode (tg) tokens/s, as llama-bench measures them")
+    bench.add_argument("model_path", nargs="?", type=Path, default=None, help="GGUF model file (default model if omitted)")
+    _add_model_options(bench)
+    bench.add_argument("-p", "--n-prompt", type=int, default=512, help="prompt tokens for the prefill test (default: 512)")
+    bench.add_argument("-n", "--n-gen", type=int, default=128, help="tokens for the decode test (default: 128)")
+    bench.add_argument("-r", "--repetitions", type=int, default=3, help="timed runs per test (default: 3)")
+    bench.add_argument("--threads-list", type=int, nargs="+", default=None,
+                       help="run once per thread count, e.g. --threads-list 1 2")
+    bench.add_argument("--json", action="store_true", help="machine-readable output")
+    bench.set_defaults(func=_cmd_bench, ctx=1024)
     return parser
 
 

@@ -1,6 +1,6 @@
 // SentencePiece BPE encoding and decoding over a vocabulary read from a GGUF file.
 //
-// Encoding reproduces sentencepiece 0.2 (bpe_model.cc, model_interface.cc) with Gemma 3's
+// Encoding reproduces sentencepiece's BPE (src/bpe_model.cc, Model::SampleEncode) with Gemma 3's
 // settings: identity normalization, spaces escaped as U+2581, no dummy prefix, user-defined
 // pieces matched greedily (longest first) before BPE and never merged, byte fallback for
 // characters outside the vocabulary. tests/test_tokenizer.py compares the ids with
@@ -129,7 +129,8 @@ std::string replace_space_symbols(std::string_view piece) {
   return out;
 }
 
-// Parses a byte piece "<0xHH>" (two upper- or lower-case hex digits); returns -1 otherwise.
+// Parses a byte piece "<0xHH>" (two upper- or lower-case hex digits). Returns -1 for any
+// other piece.
 int parse_byte_piece(std::string_view piece) {
   if (piece.size() != 6 || piece.substr(0, 3) != "<0x" || piece[5] != '>') return -1;
   int value = 0;

@@ -35,11 +35,15 @@ class Tokenizer {
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;
 
-  // Encodes UTF-8 text (invalid bytes go through byte fallback). With parse_special, control and
-  // user-defined pieces written literally in the text (e.g. "<start_of_turn>") become their ids.
+  // Encodes UTF-8 text to the ids sentencepiece gives. User-defined pieces (e.g. "\n", "<b>")
+  // always match as whole pieces. With parse_special, control pieces written literally in the
+  // text (e.g. "<start_of_turn>") also become their ids. NOTE: an invalid UTF-8 byte becomes its
+  // byte piece, where sentencepiece substitutes U+FFFD. Safe to call from several threads.
   std::vector<int32_t> encode(std::string_view text, bool add_bos, bool parse_special) const;
 
   // Concatenated bytes of the pieces (byte tokens become their byte). Control tokens give "".
+  // decode(encode(text)) == text, except that U+2581 in the text comes back as a space, because
+  // sentencepiece encodes both to the same pieces. Throws std::out_of_range for a bad id.
   std::string decode(const std::vector<int32_t>& ids) const;
   // Bytes of one piece as decode() would emit them; control tokens give their literal text
   // when render_control is true.

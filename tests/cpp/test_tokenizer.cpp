@@ -15,25 +15,25 @@ namespace {
 
 int g_passed = 0, g_failed = 0;
 
-void check(bool ok, const std::string& what) {
+void check(bool ok, const std::string& description) {
   if (ok) {
     ++g_passed;
   } else {
     ++g_failed;
-    std::printf("FAIL: %s\n", what.c_str());
+    std::printf("FAIL: %s\n", description.c_str());
   }
 }
 
 template <typename Exception, typename Fn>
-void check_throws(Fn&& fn, const std::string& what) {
+void check_throws(Fn&& fn, const std::string& description) {
   try {
     fn();
   } catch (const Exception&) {
-    check(true, what);
+    check(true, description);
     return;
   } catch (...) {
   }
-  check(false, what + " (expected an exception)");
+  check(false, description + " (expected an exception)");
 }
 
 // Ids 0-3 are <pad> <eos> <bos> <unk>, 4-259 the byte pieces, then the pieces below. "e" is
@@ -45,6 +45,7 @@ TokenizerSpec made_up_spec() {
     spec.scores.push_back(score);
     spec.types.push_back(static_cast<int32_t>(type));
   };
+
   add("<pad>", 0, TokenType::kControl);
   add("<eos>", 0, TokenType::kControl);
   add("<bos>", 0, TokenType::kControl);
@@ -54,6 +55,7 @@ TokenizerSpec made_up_spec() {
     std::snprintf(name, sizeof(name), "<0x%02X>", b);
     add(name, 0, TokenType::kByte);
   }
+
   const std::string space = "\xE2\x96\x81";
   for (const char* c : {"a", "b", "c", "d"}) add(c, -10, TokenType::kNormal);
   add(space, -10, TokenType::kNormal);
@@ -67,6 +69,7 @@ TokenizerSpec made_up_spec() {
   add("ddd", -2, TokenType::kUnused);
   add("dddd", -2.5f, TokenType::kNormal);
   add("da", -0.7f, TokenType::kNormal);
+
   add("<u>", 0, TokenType::kUserDefined);
   add("  ", 0, TokenType::kUserDefined);  // spelled with plain spaces, as llama.cpp writes it
   add("<c>", 0, TokenType::kControl);

@@ -3,6 +3,10 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
+#include <sys/resource.h>
+
+#include "bandwidth.h"
 #include "binding/bindings.h"
 #include "errors.h"
 #include "log.h"
@@ -61,6 +65,23 @@ void bind_model(py::module_& m) {
 
   m.def("set_log_level", [](int level) { set_log_level(static_cast<LogLevel>(std::clamp(level, 0, 4))); },
         py::arg("level"), "Sets the minimum level logged to stderr: 0 debug, 1 info, 2 warning, 3 error, 4 none.");
+
+  m.def(
+      "measure_read_bandwidth",
+      [](int n_threads, int64_t bytes, int repetitions) {
+        if (n_threads < 1) throw InvalidArgument("n_threads must be at least 1");
+        if (bytes < 64) throw InvalidArgument("bytes must be at least 64");
+        ThreadPool pool(n_threads);
+        py::gil_scoped_release release;
+        return measure_read_bandwidth(pool, bytes, repetitions);
+      },
+      py::arg("n_threads"), py::arg("bytes") = int64_t{1} << 30, py::arg("repetitions") = 5,
+      "Best memory read rate in bytes per second over a buffer of `bytes`.");
+  m.def("peak_rss_bytes", []() {
+    struct rusage usage;
+    getrusage(RUSAGE_SELF, &usage);
+    return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // Linux reports kilobytes
+  }, "Peak resident memory of this process in bytes.");
 
   py::class_<Model>(m, "Model")
       .def(py::init([](const std::string& path, const std::string& precision) {
@@ -126,7 +147,20 @@ void bind_model(py::module_& m) {
           },
           py::arg("tokens"), py::arg("logits_from") = -1,
           "Appends tokens to the cache. Returns logits for tokens[logits_from:] as float32 "
-          "[rows, vocab]; a negative logits_from counts from the end (-1: the last token only).");
+          "[rows, vocab]; a negative logits_from counts from the end (-1: the last token only).")
+      .def(
+          "decode_each",
+          [](Context& ctx, const py::object& tokens) {
+            std::vector<int32_t> ids = to_ids(tokens);
+            std::vector<float> logits(static_cast<size_t>(ctx.model().config().vocab_size));
+            py::gil_scoped_release release;
+            const auto start = std::chrono::steady_clock::now();
+            for (int32_t id : ids) ctx.eval(&id, 1, 0, logits.data());
+            return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+          },
+          py::arg("tokens"),
+          "Evaluates the tokens one at a time with logits for each, as a decode loop does; "
+          "returns the seconds taken. For benchmarks.");
 
   py::class_<Sampler>(m, "Sampler")
       .def(py::init([](float temperature, int32_t top_k, float top_p, float min_p, float repeat_penalty,

@@ -20,7 +20,7 @@ namespace {
 
 // UTF-8 bytes of a str, or the bytes of a bytes object, as a view valid while `obj` lives
 // (CPython caches a str's UTF-8 form inside the object).
-std::string_view text_view(const py::handle& obj, const char* what) {
+std::string_view text_view(const py::handle& obj, const char* argument) {
   if (PyBytes_Check(obj.ptr())) {
     char* data = nullptr;
     Py_ssize_t size = 0;
@@ -40,24 +40,24 @@ std::string_view text_view(const py::handle& obj, const char* what) {
       if (c >= 0xD800 && c <= 0xDFFF) break;
       ++index;
     }
-    throw py::value_error(std::string(what) + " contains a lone surrogate at index " +
+    throw py::value_error(std::string(argument) + " contains a lone surrogate at index " +
                           std::to_string(index) +
                           ", which has no UTF-8 form; pass bytes instead, for example "
                           "text.encode('utf-8', 'surrogatepass')");
   }
-  throw py::type_error(std::string(what) + " must be str or bytes, not " +
+  throw py::type_error(std::string(argument) + " must be str or bytes, not " +
                        std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
 }
 
 template <typename T>
-std::vector<T> vector_from(const py::object& values, const char* what) {
+std::vector<T> vector_from(const py::object& values, const char* argument) {
   auto array = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(values);
   if (!array) {
     PyErr_Clear();
-    throw py::type_error(std::string(what) + " must be a list of numbers or a numpy array");
+    throw py::type_error(std::string(argument) + " must be a list of numbers or a numpy array");
   }
   if (array.ndim() != 1) {
-    throw py::value_error(std::string(what) + " must be one-dimensional, got " +
+    throw py::value_error(std::string(argument) + " must be one-dimensional, got " +
                           std::to_string(array.ndim()) + " dimensions");
   }
   return std::vector<T>(array.data(), array.data() + array.size());

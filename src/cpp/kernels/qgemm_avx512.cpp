@@ -17,9 +17,10 @@ namespace g3e::qk {
 namespace {
 
 struct Avx512 {
-  static constexpr int kGemvNT = 4;  // tiles in flight for m == 1
+  static constexpr int kGemvNT = 1;  // tiles in flight for m == 1
   static constexpr int kGemmMR = 4;  // activation rows of the GEMM register tile
   static constexpr int kGemmNT = 2;  // weight tiles of the GEMM register tile
+  static constexpr int kPrefetchBytes = 4096;  // GEMV software prefetch distance
 
   // u8 vector of k-group g (4 k x 16 rows) of one (tile, block).
   template <int BITS>
@@ -65,6 +66,12 @@ struct Avx512 {
     for (int64_t b = 0; b < n_kb; ++b) {
       const uint8_t* q[NT];
       for (int tt = 0; tt < NT; ++tt) q[tt] = w.quants(t + tt, b);
+      if constexpr (MR == 1) {
+        // GEMV streams from DRAM: the hardware prefetcher alone leaves half the bandwidth unused.
+        for (int tt = 0; tt < NT; ++tt)
+          for (int l = 0; l < (BITS == 8 ? 8 : 4 + 2 * (BITS - 4)); l += 1)
+            _mm_prefetch(reinterpret_cast<const char*>(q[tt]) + kPrefetchBytes + 64 * l, _MM_HINT_T0);
+      }
       const int8_t* xq[MR];
       float xs[MR];
       const int32_t* bs[MR];
