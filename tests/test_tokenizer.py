@@ -181,6 +181,18 @@ def test_vocabulary_matches_sentencepiece(tok, sp, vocab):
     assert differing_types == []
 
 
+def test_model_tokenizer_matches_gguf_reader(tok, vocab):
+    # The runtime's tokenizer comes from the C++ GGUF reader; `tok` from gguf.GGUFReader.
+    model_tokenizer = _core.Model(str(sp_oracle.default_model_path())).tokenizer
+    assert model_tokenizer.vocab_size == tok.vocab_size
+    ids = range(tok.vocab_size)
+    assert [model_tokenizer.id_to_piece(i) for i in ids] == [tok.id_to_piece(i) for i in ids]
+    assert [model_tokenizer.token_type(i) for i in ids] == [tok.token_type(i) for i in ids]
+    assert [model_tokenizer.score(i) for i in ids] == [tok.score(i) for i in ids]
+    assert (model_tokenizer.bos_id, model_tokenizer.eos_id) == (tok.bos_id, tok.eos_id)
+    assert (model_tokenizer.unk_id, model_tokenizer.pad_id) == (tok.unk_id, tok.pad_id)
+
+
 def test_piece_to_id_round_trip(tok):
     missing = [i for i in range(tok.vocab_size) if tok.piece_to_id(tok.id_to_piece(i)) != i]
     assert missing == []

@@ -40,6 +40,7 @@ class GenerationStats:
     """What the last generate() call did."""
 
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # prompt tokens reused from the cache, not recomputed
     completion_tokens: int = 0
     finish_reason: str = ""  # "stop" (EOS, <end_of_turn> or a stop string) or "length"
     prompt_seconds: float = 0.0
@@ -93,6 +94,7 @@ class Model:
             )
         self._context = _core.Context(self._model, n_ctx, n_batch, n_threads)
         self._lock = threading.RLock()
+        self._cached_tokens: list[int] = []  # the tokens whose keys and values the context holds
         self.last_stats = GenerationStats()
 
     # Properties -------------------------------------------------------------------------------
@@ -158,8 +160,25 @@ class Model:
         if len(ids) > self.n_ctx:
             raise ValueError(f"{len(ids)} tokens do not fit in n_ctx {self.n_ctx}; create the Model with a larger n_ctx")
         with self._lock:
+            self._cached_tokens = []
             self._context.reset()
             return self._context.eval(ids, 0)
+
+    def next_logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Logits after the last of token_ids, float32 [vocab], reusing the longest cached prefix
+        as generate() does. Returns what a cold evaluation of token_ids would return."""
+        ids = [int(i) for i in token_ids]
+        if not ids:
+            raise ValueError("token_ids is empty")
+        if len(ids) > self.n_ctx:
+            raise ValueError(f"{len(ids)} tokens do not fit in n_ctx {self.n_ctx}; create the Model with a larger n_ctx")
+        with self._lock:
+            reused = self._reuse_prefix(ids)
+            self.last_stats = GenerationStats(prompt_tokens=len(ids), cached_prompt_tokens=reused)
+            self._cached_tokens = []
+            logits = self._context.eval(ids[reused:], -1)[0]
+            self._cached_tokens = ids
+            return logits
 
     def perplexity(self, text: str, n_ctx: int = 512, n_chunks: int | None = None) -> float:
         """Perplexity as llama.cpp's llama-perplexity computes it.
@@ -186,6 +205,7 @@ class Model:
         count = 0
         bos = self.config["bos_id"]
         with self._lock:
+            self._cached_tokens = []
             for chunk in range(n_chunks):
                 ids = tokens[chunk * n_ctx : (chunk + 1) * n_ctx]
                 ids[0] = bos
@@ -265,7 +285,6 @@ class Model:
         self.last_stats = stats
         with self._lock:
             context = self._context
-            context.reset()
             decoder = _core.StreamingDecoder(self._model.tokenizer)
             history = list(ids)
             stop_ids = self.stop_token_ids
@@ -275,7 +294,11 @@ class Model:
                 limit = min(limit, max_tokens)
 
             started = time.perf_counter()
-            logits = context.eval(ids, -1)[0]
+            reused = self._reuse_prefix(ids)
+            stats.cached_prompt_tokens = reused
+            self._cached_tokens = []  # unknown until eval returns
+            logits = context.eval(ids[reused:], -1)[0]
+            self._cached_tokens = list(ids)
             stats.prompt_seconds = time.perf_counter() - started
             started = time.perf_counter()
             stats.finish_reason = "length"
@@ -303,7 +326,9 @@ class Model:
                     pending = ""
                 if stats.completion_tokens >= limit:
                     break
+                self._cached_tokens = []
                 logits = context.eval([token], -1)[0]
+                self._cached_tokens = history[:]
             stats.completion_seconds = time.perf_counter() - started
             pending += decoder.flush()
             if stops:
@@ -313,6 +338,22 @@ class Model:
                     stats.finish_reason = "stop"
             if pending:
                 yield pending
+
+
+    def _reuse_prefix(self, ids: list[int]) -> int:
+        """Keep the longest cached prefix of ids and return its length (0: start afresh).
+
+        The last prompt token is always evaluated again, since its logits start the generation.
+        """
+        cached = self._cached_tokens
+        limit = min(len(cached), len(ids) - 1)
+        common = 0
+        while common < limit and cached[common] == ids[common]:
+            common += 1
+        if common > 0 and self._context.truncate(common):
+            return common
+        self._context.reset()
+        return 0
 
 
 def _normalise_stops(stop) -> list[str]:

@@ -85,6 +85,11 @@ class Context {
   int64_t n_past() const { return n_past_; }
   void reset() { n_past_ = 0; }
 
+  // Drops cached positions n and later, keeping 0 .. n-1 for reuse by a following eval().
+  // Returns false, and resets the cache to empty, when a sliding layer's ring buffer has
+  // already overwritten keys that position n would need (the caller then recomputes).
+  bool truncate(int64_t n);
+
   // Appends n tokens at positions n_past() .. n_past() + n - 1, in chunks of n_batch.
   // Logits of token i for i >= logits_from go to logits_out[(i - logits_from) * vocab]
   // (logits_out may be null when logits_from >= n). Throws InvalidArgument when the context

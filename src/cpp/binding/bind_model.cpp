@@ -129,6 +129,9 @@ void bind_model(py::module_& m) {
       .def_property_readonly("n_batch", [](const Context& c) { return c.options().n_batch; })
       .def_property_readonly("n_threads", [](const Context& c) { return c.options().n_threads; })
       .def("reset", &Context::reset)
+      .def("truncate", &Context::truncate, py::arg("n"),
+           "Keeps cached positions 0..n-1. Returns False (and empties the cache) when a sliding "
+           "layer's ring buffer no longer holds what position n needs.")
       .def(
           "eval",
           [](Context& ctx, const py::object& tokens, int64_t logits_from) {

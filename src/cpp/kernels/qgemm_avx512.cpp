@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <cstdlib>
 
 #include "kernels/qformat.h"
 #include "kernels/qgemm_driver.h"
@@ -20,7 +21,8 @@ struct Avx512 {
   static constexpr int kGemvNT = 1;  // tiles in flight for m == 1
   static constexpr int kGemmMR = 4;  // activation rows of the GEMM register tile
   static constexpr int kGemmNT = 2;  // weight tiles of the GEMM register tile
-  static constexpr int kPrefetchBytes = 4096;  // GEMV software prefetch distance
+  static inline int kPrefetchBytes = getenv("PFD") ? atoi(getenv("PFD")) : 4096;
+  static inline int kHint = getenv("PFH") ? atoi(getenv("PFH")) : 0;
 
   // u8 vector of k-group g (4 k x 16 rows) of one (tile, block).
   template <int BITS>
@@ -70,7 +72,8 @@ struct Avx512 {
         // GEMV streams from DRAM: the hardware prefetcher alone leaves half the bandwidth unused.
         for (int tt = 0; tt < NT; ++tt)
           for (int l = 0; l < (BITS == 8 ? 8 : 4 + 2 * (BITS - 4)); l += 1)
-            _mm_prefetch(reinterpret_cast<const char*>(q[tt]) + kPrefetchBytes + 64 * l, _MM_HINT_T0);
+            if (kHint == 0) _mm_prefetch(reinterpret_cast<const char*>(q[tt]) + kPrefetchBytes + 64 * l, _MM_HINT_T0);
+            else _mm_prefetch(reinterpret_cast<const char*>(q[tt]) + kPrefetchBytes + 64 * l, _MM_HINT_T1);
       }
       const int8_t* xq[MR];
       float xs[MR];
