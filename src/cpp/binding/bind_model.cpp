@@ -58,6 +58,13 @@ py::dict config_dict(const ModelConfig& c) {
   return d;
 }
 
+KVType parse_kv_type(const std::string& name) {
+  if (name == "f32") return KVType::kF32;
+  if (name == "f16") return KVType::kF16;
+  if (name == "int8" || name == "q8_0") return KVType::kInt8;
+  throw InvalidArgument("kv_type must be 'f32', 'f16' or 'int8', got '" + name + "'");
+}
+
 }  // namespace
 
 void bind_model(py::module_& m) {
@@ -104,6 +111,10 @@ void bind_model(py::module_& m) {
       .def_property_readonly("weight_bytes", &Model::weight_bytes)
       .def_property_readonly("file_size", [](const Model& m) { return m.file().file_size(); })
       .def("layout_summary", &Model::layout_summary)
+      .def(
+          "kv_bytes_per_position",
+          [](const Model& m, const std::string& kv_type) { return kv_bytes_per_position(m.config(), parse_kv_type(kv_type)); },
+          py::arg("kv_type"), "Bytes one cached position takes in one layer (keys and values).")
       .def("tensors", [](const Model& m) {
         py::list out;
         for (const GGUFTensorInfo& t : m.file().tensors()) {
@@ -114,15 +125,29 @@ void bind_model(py::module_& m) {
       });
 
   py::class_<Context>(m, "Context")
-      .def(py::init([](const Model& model, int64_t n_ctx, int64_t n_batch, int n_threads) {
+      .def(py::init([](const Model& model, int64_t n_ctx, int64_t n_batch, int n_threads,
+                       const std::string& kv_type) {
              ContextOptions o;
              o.n_ctx = n_ctx;
              o.n_batch = n_batch;
              o.n_threads = n_threads;
+             o.kv_type = parse_kv_type(kv_type);
              return std::make_unique<Context>(model, o);
            }),
            py::arg("model"), py::arg("n_ctx"), py::arg("n_batch") = 512, py::arg("n_threads") = 1,
-           py::keep_alive<1, 2>())
+           py::arg("kv_type") = "f32", py::keep_alive<1, 2>())
+      .def("save_state",
+           [](const Context& c) {
+             std::vector<uint8_t> state = c.save_state();
+             return py::bytes(reinterpret_cast<const char*>(state.data()), state.size());
+           })
+      .def("load_state",
+           [](Context& c, const py::bytes& state) {
+             std::string_view view = state;
+             c.load_state(reinterpret_cast<const uint8_t*>(view.data()), view.size());
+           },
+           py::arg("state"))
+      .def_property_readonly("kv_type", [](const Context& c) { return kv_type_name(c.options().kv_type); })
       .def_property_readonly("n_past", &Context::n_past)
       .def_property_readonly("kv_bytes", &Context::kv_bytes)
       .def_property_readonly("n_ctx", [](const Context& c) { return c.options().n_ctx; })

@@ -3,6 +3,7 @@
 #include "kernels/matmul.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -130,6 +131,9 @@ void* acts_scratch(int64_t bytes) {
 
 // Activation quantization runs on the pool only when it is big enough to pay for a handoff.
 constexpr int64_t kParallelQuantizeElems = 1 << 15;
+// Smallest GEMV work item in 16-row tiles: a few KB of weights, so that the software prefetch
+// of a chunk mostly lands in the same chunk.
+constexpr int64_t kMinGemvTiles = 4;
 
 }  // namespace
 
@@ -157,17 +161,32 @@ void matmul_multi(const PackedWeight* const* ws, float* const* ys, int count, co
     }
   }
 
-  pool.run([&](int t, int nt) {
-    for (int j = 0; j < count; ++j) {
+  // Work items are chunks of tiles (qblock) or panels (float), handed out through one atomic
+  // counter, so a thread that the OS delays does not hold up the others: whoever is running
+  // takes the next chunk. Chunks aim at ~8 per thread and never split a tile or panel.
+  constexpr int kMaxWeights = 8;
+  if (count > kMaxWeights) throw std::invalid_argument("matmul_multi: at most 8 weights per call");
+  int64_t units[kMaxWeights], chunk[kMaxWeights], first_item[kMaxWeights + 1];
+  first_item[0] = 0;
+  for (int j = 0; j < count; ++j) {
+    const auto& p = *ws[j]->impl;
+    units[j] = p.kind == PackedWeight::Impl::Kind::kQBlock ? p.q.panel.n_tiles : sgemm_panel_count(p.rows);
+    const int64_t min_chunk = m == 1 ? kMinGemvTiles : 2;
+    // Even chunks, so the GEMM's 2-tile register blocks never fall back to single tiles.
+    chunk[j] = (std::max(min_chunk, units[j] / (8 * pool.size())) + 1) / 2 * 2;
+    first_item[j + 1] = first_item[j] + (units[j] + chunk[j] - 1) / chunk[j];
+  }
+  std::atomic<int64_t> next{0};
+  pool.run([&](int, int) {
+    for (int64_t item; (item = next.fetch_add(1, std::memory_order_relaxed)) < first_item[count];) {
+      int j = 0;
+      while (item >= first_item[j + 1]) ++j;
       const auto& p = *ws[j]->impl;
+      const int64_t u0 = (item - first_item[j]) * chunk[j], u1 = std::min(units[j], u0 + chunk[j]);
       if (p.kind == PackedWeight::Impl::Kind::kQBlock) {
-        const int64_t tiles = p.q.panel.n_tiles;
-        const int64_t t0 = tiles * t / nt, t1 = tiles * (t + 1) / nt;
-        if (t0 < t1) kern.qgemm(p.q.panel, acts, t0, t1, ys[j], p.rows);
+        kern.qgemm(p.q.panel, acts, u0, u1, ys[j], p.rows);
       } else {
-        const int64_t panels = sgemm_panel_count(p.rows);
-        const int64_t p0 = panels * t / nt, p1 = panels * (t + 1) / nt;
-        if (p0 < p1) vec_ops().sgemm(p.f32.data(), p.rows, k, x, m, p0, p1, ys[j], p.rows);
+        vec_ops().sgemm(p.f32.data(), p.rows, k, x, m, u0, u1, ys[j], p.rows);
       }
     }
   });

@@ -36,6 +36,7 @@ struct Avx2 {
   static constexpr int kGemvNT = 2;
   static constexpr int kGemmMR = 2;
   static constexpr int kGemmNT = 1;
+  static constexpr int kPrefetchBytes = 8192;  // GEMV software prefetch distance
 
   // u8 vector of k-group g for rows 8h..8h+7 of one (tile, block).
   template <int BITS>
@@ -81,9 +82,15 @@ struct Avx2 {
     for (int r = 0; r < MR; ++r)
       for (int h = 0; h < NH; ++h) acc[r][h] = _mm256_setzero_ps();
 
+    // GEMV: linear software prefetch along the contiguous tile records (see qgemm_avx512.cpp).
+    const int64_t pf_lines = (NT * w.tile_stride / w.n_kb + 63) / 64 + 1;
     for (int64_t b = 0; b < w.n_kb; ++b) {
       const uint8_t* q[NT];
       for (int tt = 0; tt < NT; ++tt) q[tt] = w.quants(t + tt, b);
+      if constexpr (MR == 1) {
+        const char* pf = reinterpret_cast<const char*>(w.tile(t)) + b * w.tile_stride / w.n_kb + kPrefetchBytes;
+        for (int64_t l = 0; l < pf_lines; ++l) _mm_prefetch(pf + 64 * l, _MM_HINT_T0);
+      }
       const int8_t* xq[MR];
       float xs[MR];
       const int32_t* bs[MR];

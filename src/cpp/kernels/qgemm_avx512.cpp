@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <cstdlib>
 
 #include "kernels/qformat.h"
 #include "kernels/qgemm_driver.h"
@@ -21,8 +20,7 @@ struct Avx512 {
   static constexpr int kGemvNT = 1;  // tiles in flight for m == 1
   static constexpr int kGemmMR = 4;  // activation rows of the GEMM register tile
   static constexpr int kGemmNT = 2;  // weight tiles of the GEMM register tile
-  static inline int kPrefetchBytes = getenv("PFD") ? atoi(getenv("PFD")) : 4096;
-  static inline int kHint = getenv("PFH") ? atoi(getenv("PFH")) : 0;
+  static constexpr int kPrefetchBytes = 8192;  // GEMV software prefetch distance (measured 4-16 KB best)
 
   // u8 vector of k-group g (4 k x 16 rows) of one (tile, block).
   template <int BITS>
@@ -47,11 +45,26 @@ struct Avx512 {
     }
   }
 
-  static inline __m512 load_scales(const QFormat& f, const void* p, int s) {
-    if (f.scale_f16) {
-      return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(p) + 16 * s)));
+  // Adds the k-groups [g0, g0 + count) of one (tile, block) into iacc, for MR rows x NT tiles.
+  // Kept as a loop over pairs of groups (one load of nibbles serves two groups) so that the
+  // compiler does not hoist every broadcast of the block into registers and spill.
+  template <int BITS, int MR, int NT>
+  static inline void dot_groups(const uint8_t* const* q, const int8_t* const* xq, int g0, int count,
+                                __m512i (&iacc)[MR][NT]) {
+#pragma GCC unroll 1
+    for (int g = g0; g < g0 + count; g += 2) {
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
+        for (int tt = 0; tt < NT; ++tt) {
+          const __m512i wv = group<BITS>(q[tt], g + h);
+          for (int r = 0; r < MR; ++r) {
+            int32_t x4;
+            std::memcpy(&x4, xq[r] + 4 * (g + h), 4);
+            iacc[r][tt] = _mm512_dpbusd_epi32(iacc[r][tt], wv, _mm512_set1_epi32(x4));
+          }
+        }
+      }
     }
-    return _mm512_loadu_ps(static_cast<const float*>(p) + 16 * s);
   }
 
   // y[i0 + r, 16 * (t + tt) + lane] for r < MR, tt < NT.
@@ -59,67 +72,82 @@ struct Avx512 {
   static void micro(const QPanel& w, const QActs& a, int64_t t, int64_t i0, float* y, int64_t ldy) {
     constexpr int kNSub = kBlockK / SUB;
     constexpr int kGroupsPerSub = SUB / 4;
+    constexpr int64_t kQuantBytes = BITS == 8 ? 512 : 256 + 64 * (BITS - 4);
     const QFormat& f = w.f;
     const int64_t n_kb = w.n_kb;
+    const int64_t scale_bytes = f.scale_bytes(), min_bytes = f.min_bytes();
+    const bool scale_f16 = f.scale_f16, has_min = f.has_min;
+    const int zp = f.zp;
     __m512 acc[MR][NT];
     for (int r = 0; r < MR; ++r)
       for (int tt = 0; tt < NT; ++tt) acc[r][tt] = _mm512_setzero_ps();
 
+    // Per tile: quants, scales and mins of block b, advanced block by block.
+    const uint8_t* q[NT];
+    const uint8_t* sc[NT];
+    const uint8_t* mn[NT];
+    for (int tt = 0; tt < NT; ++tt) {
+      q[tt] = w.tile(t + tt);
+      sc[tt] = q[tt] + n_kb * kQuantBytes;
+      mn[tt] = sc[tt] + n_kb * scale_bytes;
+    }
+    const int8_t* xq[MR];
+    const float* xs[MR];
+    const int32_t* bs[MR];
+    for (int r = 0; r < MR; ++r) {
+      xq[r] = a.xq + (i0 + r) * a.cols;
+      xs[r] = a.xs + (i0 + r) * a.n_kb;
+      bs[r] = a.bsum + (i0 + r) * a.n_kb * 2;
+    }
+    // GEMV streams from DRAM, and the hardware prefetcher alone leaves much of the bandwidth
+    // unused. The tiles' records are contiguous, so prefetch along one linear stream position
+    // (quants, scales and mins alike) a fixed distance ahead; lines per block step rounded up.
+    const int64_t pf_lines = (NT * w.tile_stride / n_kb + 63) / 64 + 1;
+    const char* const pf_base = reinterpret_cast<const char*>(w.tile(t)) + kPrefetchBytes;
+
     for (int64_t b = 0; b < n_kb; ++b) {
-      const uint8_t* q[NT];
-      for (int tt = 0; tt < NT; ++tt) q[tt] = w.quants(t + tt, b);
       if constexpr (MR == 1) {
-        // GEMV streams from DRAM: the hardware prefetcher alone leaves half the bandwidth unused.
-        for (int tt = 0; tt < NT; ++tt)
-          for (int l = 0; l < (BITS == 8 ? 8 : 4 + 2 * (BITS - 4)); l += 1)
-            if (kHint == 0) _mm_prefetch(reinterpret_cast<const char*>(q[tt]) + kPrefetchBytes + 64 * l, _MM_HINT_T0);
-            else _mm_prefetch(reinterpret_cast<const char*>(q[tt]) + kPrefetchBytes + 64 * l, _MM_HINT_T1);
-      }
-      const int8_t* xq[MR];
-      float xs[MR];
-      const int32_t* bs[MR];
-      for (int r = 0; r < MR; ++r) {
-        xq[r] = a.xq + (i0 + r) * a.cols + b * kBlockK;
-        xs[r] = a.xs[(i0 + r) * a.n_kb + b];
-        bs[r] = a.bsum + ((i0 + r) * a.n_kb + b) * 2;
+        const char* pf = pf_base + b * NT * w.tile_stride / n_kb;
+        for (int64_t l = 0; l < pf_lines; ++l) _mm_prefetch(pf + 64 * l, _MM_HINT_T0);
       }
 #pragma GCC unroll 2
       for (int s = 0; s < kNSub; ++s) {
         int32_t bsum[MR];
         __m512i iacc[MR][NT];
         for (int r = 0; r < MR; ++r) {
-          bsum[r] = SUB == 16 ? bs[r][s] : bs[r][0] + bs[r][1];
-          const __m512i init = _mm512_set1_epi32(-f.zp * bsum[r]);
+          bsum[r] = SUB == 16 ? bs[r][2 * b + s] : bs[r][2 * b] + bs[r][2 * b + 1];
+          const __m512i init = _mm512_set1_epi32(-zp * bsum[r]);
           for (int tt = 0; tt < NT; ++tt) iacc[r][tt] = init;
         }
-#pragma GCC unroll 8
-        for (int g = s * kGroupsPerSub; g < (s + 1) * kGroupsPerSub; ++g) {
-          for (int tt = 0; tt < NT; ++tt) {
-            const __m512i wv = group<BITS>(q[tt], g);
-            for (int r = 0; r < MR; ++r) {
-              int32_t x4;
-              std::memcpy(&x4, xq[r] + 4 * g, 4);
-              iacc[r][tt] = _mm512_dpbusd_epi32(iacc[r][tt], wv, _mm512_set1_epi32(x4));
-            }
-          }
-        }
+        dot_groups<BITS, MR, NT>(q, xq, s * kGroupsPerSub, kGroupsPerSub, iacc);
+
         __m512 ws[NT];
-        for (int tt = 0; tt < NT; ++tt) ws[tt] = load_scales(f, w.scales(t + tt, b), s);
+        for (int tt = 0; tt < NT; ++tt) {
+          ws[tt] = scale_f16 ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc[tt]) + s))
+                             : _mm512_loadu_ps(reinterpret_cast<const float*>(sc[tt]) + 16 * s);
+        }
         for (int r = 0; r < MR; ++r) {
-          const __m512 vxs = _mm512_set1_ps(xs[r]);
+          const __m512 vxs = _mm512_set1_ps(xs[r][b]);
           for (int tt = 0; tt < NT; ++tt) {
             acc[r][tt] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][tt]), _mm512_mul_ps(ws[tt], vxs), acc[r][tt]);
           }
         }
-        if (f.has_min) {
+        if (has_min) {
           for (int r = 0; r < MR; ++r) {
-            const __m512 xsum = _mm512_set1_ps(xs[r] * static_cast<float>(bsum[r]));
+            const __m512 xsum = _mm512_set1_ps(xs[r][b] * static_cast<float>(bsum[r]));
             for (int tt = 0; tt < NT; ++tt) {
-              acc[r][tt] = _mm512_fmadd_ps(_mm512_loadu_ps(w.mins(t + tt, b) + 16 * s), xsum, acc[r][tt]);
+              acc[r][tt] = _mm512_fmadd_ps(_mm512_loadu_ps(reinterpret_cast<const float*>(mn[tt]) + 16 * s), xsum,
+                                           acc[r][tt]);
             }
           }
         }
       }
+      for (int tt = 0; tt < NT; ++tt) {
+        q[tt] += kQuantBytes;
+        sc[tt] += scale_bytes;
+        mn[tt] += min_bytes;
+      }
+      for (int r = 0; r < MR; ++r) xq[r] += kBlockK;
     }
 
     for (int tt = 0; tt < NT; ++tt) {

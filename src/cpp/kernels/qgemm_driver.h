@@ -5,7 +5,7 @@
 // K (the ISA's kernel struct) provides:
 //   template <int BITS, int SUB, int MR, int NT>
 //   static void micro(const QPanel&, const QActs&, int64_t tile, int64_t row0, float* y, int64_t ldy);
-//   static constexpr int kGemvNT, kGemmMR, kGemmNT;
+//   static constexpr int kGemvNT, kGemmMR, kGemmNT, kPrefetchBytes;
 #pragma once
 
 #include <algorithm>
@@ -50,7 +50,11 @@ void run_format(const QPanel& w, const QActs& a, int64_t t0, int64_t t1, float* 
   const int64_t m = a.m;
   constexpr int MR = K::kGemmMR;
   if (m == 1) {
-    // GEMV: every weight byte is read once, with several tiles in flight.
+    // GEMV: every weight byte is read once. The micro-kernel prefetches K::kPrefetchBytes ahead
+    // of where it reads, so the first stretch of the range is requested here, all at once.
+    const char* start = reinterpret_cast<const char*>(w.tile(t0));
+    const int64_t head = std::min<int64_t>(K::kPrefetchBytes, (t1 - t0) * w.tile_stride);
+    for (int64_t off = 0; off < head; off += 64) __builtin_prefetch(start + off, 0, 3);
     return row_group<K, BITS, SUB, 1, K::kGemvNT>(w, a, t0, t1, 0, y, ldy);
   }
   if (m < MR) return tail_rows<K, BITS, SUB>(w, a, t0, t1, 0, y, ldy);

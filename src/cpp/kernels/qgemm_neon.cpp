@@ -36,6 +36,7 @@ struct Neon {
   static constexpr int kGemvNT = 2;
   static constexpr int kGemmMR = 2;
   static constexpr int kGemmNT = 1;
+  static constexpr int kPrefetchBytes = 8192;  // GEMV software prefetch distance
 
   // int8 vector of k-group g for rows 4c..4c+3 of one (tile, block).
   template <int BITS>
@@ -78,9 +79,15 @@ struct Neon {
     for (int r = 0; r < MR; ++r)
       for (int c = 0; c < NQ; ++c) acc[r][c] = vdupq_n_f32(0.0f);
 
+    // GEMV: linear software prefetch along the contiguous tile records (see qgemm_avx512.cpp).
+    const int64_t pf_lines = (NT * w.tile_stride / w.n_kb + 63) / 64 + 1;
     for (int64_t b = 0; b < w.n_kb; ++b) {
       const uint8_t* q[NT];
       for (int tt = 0; tt < NT; ++tt) q[tt] = w.quants(t + tt, b);
+      if constexpr (MR == 1) {
+        const char* pf = reinterpret_cast<const char*>(w.tile(t)) + b * w.tile_stride / w.n_kb + kPrefetchBytes;
+        for (int64_t l = 0; l < pf_lines; ++l) __builtin_prefetch(pf + 64 * l, 0, 3);
+      }
       const int8_t* xq[MR];
       float xs[MR];
       const int32_t* bs[MR];

@@ -28,7 +28,19 @@ struct VecOps {
   // i < m and every column c of panels [p0, p1).
   void (*sgemm)(const float* panels, int64_t n, int64_t k, const float* x, int64_t m, int64_t p0, int64_t p1,
                 float* y, int64_t ldy);
+
+  // KV cache rows stored as IEEE half floats: dot product with a float vector, and y += alpha * x.
+  float (*dot_f16)(const float* a, const uint16_t* b, int64_t n);
+  void (*axpy_f16)(float alpha, const uint16_t* x, float* y, int64_t n);
+  // KV cache rows stored as int8 in blocks of kKVBlock with one float scale per block
+  // (value = scale * q); n is a multiple of kKVBlock.
+  float (*dot_q8)(const float* a, const int8_t* b, const float* scales, int64_t n);
+  void (*axpy_q8)(float alpha, const int8_t* x, const float* scales, float* y, int64_t n);
 };
+
+constexpr int64_t kKVBlock = 32;
+// Quantizes n floats (a multiple of kKVBlock) to int8 with absmax scales per block.
+void quantize_kv_q8(const float* x, int8_t* q, float* scales, int64_t n);
 
 // Float32 weights W (n, k) for sgemm are stored in panels of kSgemmPanel output columns,
 // k-major: element (c, kk) of panel p = c / kSgemmPanel is at panels[(p * k + kk) * kSgemmPanel + c % kSgemmPanel].

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/ggml_types.h"
 #include "kernels/matmul.h"
 #include "kernels/vec.h"
 
@@ -70,7 +71,48 @@ void sgemm(const float* panels, int64_t n, int64_t k, const float* x, int64_t m,
   }
 }
 
+float dot_f16(const float* a, const uint16_t* b, int64_t n) {
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) sum += a[i] * fp16_to_fp32(b[i]);
+  return sum;
+}
+
+void axpy_f16(float alpha, const uint16_t* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += alpha * fp16_to_fp32(x[i]);
+}
+
+float dot_q8(const float* a, const int8_t* b, const float* scales, int64_t n) {
+  float sum = 0.0f;
+  for (int64_t blk = 0; blk < n / kKVBlock; ++blk) {
+    float partial = 0.0f;
+    for (int64_t i = blk * kKVBlock; i < (blk + 1) * kKVBlock; ++i) partial += a[i] * static_cast<float>(b[i]);
+    sum += scales[blk] * partial;
+  }
+  return sum;
+}
+
+void axpy_q8(float alpha, const int8_t* x, const float* scales, float* y, int64_t n) {
+  for (int64_t blk = 0; blk < n / kKVBlock; ++blk) {
+    const float s = alpha * scales[blk];
+    for (int64_t i = blk * kKVBlock; i < (blk + 1) * kKVBlock; ++i) y[i] += s * static_cast<float>(x[i]);
+  }
+}
+
 }  // namespace
+
+void quantize_kv_q8(const float* x, int8_t* q, float* scales, int64_t n) {
+  for (int64_t blk = 0; blk < n / kKVBlock; ++blk) {
+    const float* xb = x + blk * kKVBlock;
+    float amax = 0.0f;
+    for (int64_t i = 0; i < kKVBlock; ++i) amax = std::max(amax, std::fabs(xb[i]));
+    const float scale = amax / 127.0f;
+    const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+    scales[blk] = scale;
+    for (int64_t i = 0; i < kKVBlock; ++i) {
+      q[blk * kKVBlock + i] = static_cast<int8_t>(std::lrintf(xb[i] * inv));
+    }
+  }
+}
 
 void sgemm_pack_row(const float* row, int64_t r, int64_t k, float* out) {
   float* panel = out + (r / kSgemmPanel) * k * kSgemmPanel + r % kSgemmPanel;
@@ -83,7 +125,8 @@ void sgemm_unpack_row(const float* panels, int64_t r, int64_t k, float* out) {
 }
 
 const VecOps& vec_ops_scalar() {
-  static const VecOps ops{"scalar", dot, axpy, scale, exp_shifted, max, rms_norm, gelu_tanh_mul, sgemm};
+  static const VecOps ops{"scalar", dot,     axpy,    scale,  exp_shifted, max, rms_norm, gelu_tanh_mul,
+                          sgemm,    dot_f16, axpy_f16, dot_q8, axpy_q8};
   return ops;
 }
 

@@ -1,0 +1,95 @@
+"""KV cache element types, chunked prefill and saved state on the default model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gemma3_edge
+
+WINDOW = 512  # Gemma 3 270M's sliding window
+
+
+@pytest.fixture(scope="module")
+def long_ids(wikitext, quantized_model):
+    return quantized_model.tokenize(wikitext[:40000])[:1600]
+
+
+def agreement(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    top = reference.argmax(axis=1)
+    ordered = np.sort(reference, axis=1)
+    margin = ordered[:, -1] - ordered[:, -2]
+    agree = other.argmax(axis=1) == top
+    return float(agree.mean()), float(agree[margin >= 0.5].mean())
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "int8"])
+def test_reduced_kv_agrees_with_f32(default_model_file, quantized_model, long_ids, kv_type):
+    # The bar for a lossy KV cache: top-1 equal wherever the f32-KV run leads by >= 0.5 logit,
+    # and >= 97% of all positions (near-ties flip under any rounding).
+    reference = quantized_model.logits(long_ids)
+    model = gemma3_edge.Model(default_model_file, n_ctx=2048, n_threads=2, kv_type=kv_type)
+    overall, confident = agreement(reference, model.logits(long_ids))
+    assert confident == 1.0, f"{kv_type}: {confident:.4f} agreement where margin >= 0.5"
+    assert overall >= 0.97, f"{kv_type}: {overall:.4f} overall agreement"
+
+
+def test_kv_memory_by_type(quantized_model):
+    f32 = quantized_model.kv_cache_bytes(32768, "f32")
+    assert quantized_model.kv_cache_bytes(32768, "f16") * 2 == f32
+    # int8 stores 32 values in 32 bytes + a 4-byte scale: 36/128 of f32.
+    assert quantized_model.kv_cache_bytes(32768, "int8") * 128 == f32 * 36
+    with pytest.raises(ValueError, match="kv_type must be one of"):
+        quantized_model.kv_cache_bytes(1024, "int4")
+
+
+@pytest.mark.parametrize("prompt_length", [WINDOW - 1, WINDOW, WINDOW + 1, 2 * WINDOW + 3])
+def test_chunk_size_does_not_change_logits(default_model_file, long_ids, prompt_length):
+    ids = long_ids[:prompt_length]
+    reference = None
+    for n_batch in [1, 7, 64, WINDOW - 1, WINDOW, prompt_length]:
+        if n_batch == 1 and prompt_length > WINDOW + 1:
+            continue  # one token at a time over 1,000 tokens adds a minute and no new case
+        model = gemma3_edge.Model(default_model_file, n_ctx=2048, n_batch=n_batch, n_threads=2)
+        logits = model.logits(ids)
+        if reference is None:
+            reference = logits
+            continue
+        # Row results do not depend on the chunk; the kernels may sum in another order when a
+        # chunk has one row (matrix-vector) rather than many.
+        diff = np.abs(logits - reference).max() / np.abs(reference).max()
+        assert diff <= 1e-3, f"n_batch {n_batch}: relative difference {diff:.2e}"
+        assert (logits.argmax(axis=1) == reference.argmax(axis=1)).mean() >= 0.99
+
+
+def test_state_round_trip(tmp_path, default_model_file):
+    model = gemma3_edge.Model(default_model_file, n_ctx=1024, n_threads=2)
+    system = model.tokenize("You are a helpful assistant who answers in one sentence. " * 8)
+    model.next_logits(system)
+    path = tmp_path / "system.state"
+    model.save_state(path)
+
+    fresh = gemma3_edge.Model(default_model_file, n_ctx=1024, n_threads=2)
+    assert fresh.load_state(path) == system
+    question = system + fresh.tokenize(" What is the capital of France?", add_bos=False)
+    warm = fresh.next_logits(question)
+    assert fresh.last_stats.cached_prompt_tokens == len(system)
+    cold = gemma3_edge.Model(default_model_file, n_ctx=1024, n_threads=2).next_logits(question)
+    assert np.abs(warm - cold).max() <= 1e-3 * np.abs(cold).max()
+
+
+def test_state_rejects_other_settings_and_garbage(tmp_path, default_model_file):
+    model = gemma3_edge.Model(default_model_file, n_ctx=1024, n_threads=1)
+    model.next_logits(model.tokenize("Hello there"))
+    path = tmp_path / "s.state"
+    model.save_state(path)
+    other = gemma3_edge.Model(default_model_file, n_ctx=512, n_threads=1)
+    with pytest.raises(ValueError, match="other context settings"):
+        other.load_state(path)
+    data = path.read_bytes()
+    for broken in [b"", b"G3ES", data[:-7], b"XXXX" + data[4:], data[:20] + b"\xff" * 8 + data[28:]]:
+        path.write_bytes(broken)
+        with pytest.raises(ValueError):
+            model.load_state(path)
+    # A failed load leaves an empty, usable cache.
+    assert model.next_logits(model.tokenize("Hello")).shape == (model.n_vocab,)
