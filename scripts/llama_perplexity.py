@@ -10,6 +10,8 @@ llama-perplexity (tools/perplexity/perplexity.cpp, function perplexity()):
   3. Each chunk is evaluated from an empty KV cache. The logits at positions
      n_ctx/2 .. n_ctx-2 score the next token, so n_ctx/2 - 1 tokens per chunk count.
   4. Perplexity = exp(mean negative log-likelihood over all scored tokens).
+llama-perplexity's context defaults are kept: F16 KV cache, and flash attention on,
+which its default "auto" selects on x86-64 CPUs.
 
 Usage: python scripts/llama_perplexity.py [--gguf PATH] [--n-ctx 512] [--n-chunks 40 20]
        [--threads 2] [--out tests/golden/perplexity.json]
@@ -74,7 +76,7 @@ def main() -> int:
 
     llm = Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                 n_threads=args.threads, n_threads_batch=args.threads, logits_all=True,
-                verbose=False)
+                flash_attn=True, verbose=False)
     tokens = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
     if len(tokens) // n_ctx < n_chunks_max:
         raise ValueError(f"{len(tokens)} tokens hold only {len(tokens) // n_ctx} chunks of {n_ctx}, "

@@ -74,10 +74,10 @@ class _Turn:
 def validate_messages(messages: Any) -> tuple[str | None, list[_Turn]]:
     """Check messages against the Gemma 3 template's rules and return (system text, turns).
 
-    Raises ValueError naming the message at fault. Stricter than the template in three places,
-    where the template would render something the model was not trained on or drop input without
-    a word: a system message after the first message, a role other than system, user, assistant and
-    model, and content parts of a type other than text, image and image_url.
+    Raises ValueError naming the message at fault. This is stricter than the template, which
+    renders a system message after the first message and roles other than system, user, assistant
+    and model (formats the model was not trained on), and silently drops content parts of a type
+    other than text and image.
     """
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise ValueError(f"messages must be a list of {{'role': ..., 'content': ...}} objects, got {type(messages).__name__}")
@@ -264,7 +264,7 @@ def create_chat_completion(
     parse_special: bool = False,
     cancel_event: threading.Event | None = None,
 ) -> dict | Iterator[dict]:
-    """Answer messages in the shape of an OpenAI chat completion (as llama-cpp-python returns it).
+    """Generate a reply to messages, returned as an OpenAI chat completion (the dict llama-cpp-python returns).
 
     max_tokens=None generates until a stop token or the end of the context. With stream=True,
     returns an iterator of "chat.completion.chunk" dicts: a first delta {"role": "assistant"},
@@ -386,7 +386,8 @@ class _Run:
                     piece = next(self.pieces)
                 except StopIteration:
                     break
-                # generate() sets last_stats when its generator starts; the model runs one generation at a time.
+                # generate() sets last_stats when its generator starts, so this is our run's while no
+                # other thread generates on the same model (the server runs one generation at a time).
                 self.stats = self.model.last_stats
                 entries = None
                 if self.n_logprobs is not None:
@@ -486,8 +487,11 @@ def _completion_logprobs(model: Model, entries: list | None, offset: int) -> dic
 
 
 def save_conversation(path: str | os.PathLike, messages: list[dict]) -> None:
-    """Write messages as JSON to path; the file is written under a temporary name in the same folder
-    and renamed, so an interrupted save leaves the old file intact."""
+    """Write messages as JSON to path.
+
+    The file is written under a temporary name in the same folder and then renamed, so an
+    interrupted save leaves the old file intact.
+    """
     path = Path(path)
     _validate_conversation(messages)
     document = {"format": CONVERSATION_FORMAT, "version": CONVERSATION_VERSION, "messages": messages}

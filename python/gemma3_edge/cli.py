@@ -1,4 +1,4 @@
-"""Command-line interface: gemma3-edge generate | info | perplexity | bench."""
+"""Command-line interface: gemma3-edge generate | info | perplexity | bench | chat | serve."""
 
 from __future__ import annotations
 
@@ -128,6 +128,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from gemma3_edge import chat_cli
+
+    return chat_cli.run(args, _load(args))
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from gemma3_edge import server
+
+    server.serve(_load(args), host=args.host, port=args.port, max_pending=args.max_pending, log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gemma3-edge", description="Run Gemma 3 on the CPU.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -170,6 +183,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run once per thread count, e.g. --threads-list 1 2")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.set_defaults(func=_cmd_bench, ctx=1024)
+
+    from gemma3_edge import chat_cli
+
+    chat = sub.add_parser("chat", help="interactive chat in the Gemma 3 chat format, with history and streaming")
+    _add_model_options(chat)
+    chat_cli.add_arguments(chat)
+    chat.set_defaults(func=_cmd_chat)
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions)")
+    _add_model_options(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8080, help="TCP port (default: 8080)")
+    serve.add_argument("--max-pending", type=int, default=64,
+                       help="requests that may wait for the model; more get HTTP 503 (default: 64)")
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
+                       help="logging level (default: info)")
+    serve.set_defaults(func=_cmd_serve)
     return parser
 
 

@@ -181,17 +181,20 @@ class Model:
 
     # Scoring ----------------------------------------------------------------------------------
 
-    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
-        """Teacher-forced logits, float32 [len(token_ids), vocab], from a fresh context."""
+    def logits(self, token_ids: Sequence[int], start: int = 0) -> np.ndarray:
+        """Teacher-forced logits from a fresh context, float32 [len(token_ids) - start, vocab]:
+        the rows of positions start .. len(token_ids) - 1."""
         ids = [int(i) for i in token_ids]
         if not ids:
             raise ValueError("token_ids is empty")
+        if not 0 <= start < len(ids):
+            raise ValueError(f"start must be in 0..{len(ids) - 1}, got {start}")
         if len(ids) > self.n_ctx:
             raise ValueError(f"{len(ids)} tokens do not fit in n_ctx {self.n_ctx}; create the Model with a larger n_ctx")
         with self._lock:
             self._cached_tokens = []
             self._context.reset()
-            return self._context.eval(ids, 0)
+            return self._context.eval(ids, start)
 
     def next_logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """Logits after the last of token_ids, float32 [vocab], reusing the longest cached prefix

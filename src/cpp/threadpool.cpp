@@ -37,15 +37,39 @@ constexpr auto kSpinTime = std::chrono::microseconds(2000);
 struct ThreadPool::State {
   std::vector<std::thread> workers;
   const std::function<void(int, int)>* fn = nullptr;
-  std::atomic<uint64_t> epoch{0};   // bumped once per run(); workers wait for a change
-  std::atomic<int> pending{0};      // workers still running the current job
+  // Job counter << 1 | 1 for a run_dynamic job. Bumped once per job; workers wait for a change.
+  std::atomic<uint64_t> epoch{0};
+  std::atomic<int> pending{0};      // run(): workers still running the current job
+  // run_dynamic(): (uint32 job id << 32) | workers admitted so far; kClosed once the caller is done.
+  std::atomic<uint64_t> tickets{0};
+  std::atomic<int> done{0};         // run_dynamic(): admitted workers that finished
   std::atomic<int> sleepers{0};     // workers blocked (or about to block) on cv
   std::atomic<bool> stop{false};
-  std::atomic<bool> busy{false};    // a run() is in progress (guards against re-entry)
+  std::atomic<bool> busy{false};    // a job is in progress (guards against re-entry)
   std::mutex mu;
   std::condition_variable cv;
   std::mutex error_mu;
   std::exception_ptr error;
+
+  static constexpr uint64_t kClosed = 0xFFFFFFFFu;
+
+  void call(int index, int n_threads) {
+    try {
+      (*fn)(index, n_threads);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mu);
+      if (!error) error = std::current_exception();
+    }
+  }
+
+  // True when this worker may join the run_dynamic job `job`: it is still open.
+  bool admit(uint64_t job) {
+    uint64_t v = tickets.load(std::memory_order_acquire);
+    while ((v >> 32) == (job & 0xFFFFFFFFu) && (v & 0xFFFFFFFFu) < kClosed) {
+      if (tickets.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel, std::memory_order_acquire)) return true;
+    }
+    return false;
+  }
 
   void worker_loop(int index, int n_threads) {
     uint64_t seen = 0;
@@ -70,13 +94,16 @@ struct ThreadPool::State {
       }
       seen = now;
       if (stop.load(std::memory_order_acquire)) return;
-      try {
-        (*fn)(index, n_threads);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(error_mu);
-        if (!error) error = std::current_exception();
+      if (now & 1) {
+        // A run_dynamic job may already be over (and fn gone): join only through a ticket.
+        if (!admit(now >> 1)) continue;
+        call(index, n_threads);
+        done.fetch_add(1, std::memory_order_acq_rel);
+      } else {
+        // run() waits for every worker, so this job and its fn are still current.
+        call(index, n_threads);
+        pending.fetch_sub(1, std::memory_order_acq_rel);
       }
-      pending.fetch_sub(1, std::memory_order_acq_rel);
     }
   }
 
@@ -88,6 +115,40 @@ struct ThreadPool::State {
       cv.notify_all();
     }
   }
+
+  // Publishes the next job (fn must be set); dynamic jobs get an odd epoch.
+  void start(bool dynamic) {
+    const uint64_t next = (((epoch.load(std::memory_order_relaxed) >> 1) + 1) << 1) | (dynamic ? 1 : 0);
+    if (dynamic) {
+      done.store(0, std::memory_order_relaxed);
+      tickets.store(((next >> 1) & 0xFFFFFFFFu) << 32, std::memory_order_release);
+    }
+    epoch.store(next, std::memory_order_seq_cst);
+    wake_all();
+  }
+
+  static void spin_until(const std::atomic<int>& v, int value) {
+    int spins = 0;
+    while (v.load(std::memory_order_acquire) != value) {
+      G3E_CPU_RELAX();
+      // A worker may have been descheduled (more threads than free cores): stop hogging the CPU.
+      if (++spins > 4096) std::this_thread::yield();
+    }
+  }
+
+  // Ends a job: clears the busy flag and rethrows the first exception of any thread.
+  void finish(std::exception_ptr own_error) {
+    fn = nullptr;
+    std::exception_ptr worker_error;
+    {
+      std::lock_guard<std::mutex> lock(error_mu);
+      worker_error = error;
+      error = nullptr;
+    }
+    busy.store(false, std::memory_order_release);
+    if (own_error) std::rethrow_exception(own_error);
+    if (worker_error) std::rethrow_exception(worker_error);
+  }
 };
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads), state_(new State) {
@@ -98,7 +159,7 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads
 
 ThreadPool::~ThreadPool() {
   state_->stop.store(true, std::memory_order_release);
-  state_->epoch.fetch_add(1, std::memory_order_seq_cst);
+  state_->epoch.fetch_add(2, std::memory_order_seq_cst);
   {
     std::lock_guard<std::mutex> lock(state_->mu);
   }
@@ -118,8 +179,7 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
   }
   s.fn = &fn;
   s.pending.store(n_threads_ - 1, std::memory_order_relaxed);
-  s.epoch.fetch_add(1, std::memory_order_seq_cst);
-  s.wake_all();
+  s.start(false);
 
   std::exception_ptr own_error;
   try {
@@ -127,23 +187,33 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
   } catch (...) {
     own_error = std::current_exception();
   }
+  State::spin_until(s.pending, 0);
+  s.finish(own_error);
+}
 
-  int spins = 0;
-  while (s.pending.load(std::memory_order_acquire) != 0) {
-    G3E_CPU_RELAX();
-    // A worker may have been descheduled (more threads than free cores): stop hogging the CPU.
-    if (++spins > 4096) std::this_thread::yield();
+void ThreadPool::run_dynamic(const std::function<void(int, int)>& fn) {
+  if (n_threads_ == 1) {
+    fn(0, 1);
+    return;
   }
-  s.fn = nullptr;
-  std::exception_ptr worker_error;
-  {
-    std::lock_guard<std::mutex> lock(s.error_mu);
-    worker_error = s.error;
-    s.error = nullptr;
+  State& s = *state_;
+  if (s.busy.exchange(true, std::memory_order_acquire)) {
+    throw std::logic_error("ThreadPool::run_dynamic called while the pool is already running a job");
   }
-  s.busy.store(false, std::memory_order_release);
-  if (own_error) std::rethrow_exception(own_error);
-  if (worker_error) std::rethrow_exception(worker_error);
+  s.fn = &fn;
+  s.start(true);
+
+  std::exception_ptr own_error;
+  try {
+    fn(0, n_threads_);
+  } catch (...) {
+    own_error = std::current_exception();
+  }
+  // Close the job to latecomers, then wait for the workers that were admitted.
+  const uint64_t job = s.tickets.load(std::memory_order_relaxed) >> 32;
+  const uint64_t admitted = s.tickets.exchange((job << 32) | State::kClosed, std::memory_order_acq_rel) & 0xFFFFFFFFu;
+  State::spin_until(s.done, static_cast<int>(admitted));
+  s.finish(own_error);
 }
 
 }  // namespace g3e

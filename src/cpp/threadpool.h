@@ -18,6 +18,13 @@ class ThreadPool {
   // Runs fn(thread_index, n_threads) on every thread (the caller is thread 0) and waits for all.
   void run(const std::function<void(int, int)>& fn);
 
+  // Like run(), for fn that takes its work from a shared queue (an atomic counter), so that any
+  // subset of threads finishes it: the caller runs fn(0, n), and a worker that has not started
+  // fn by the time the caller's call returns is skipped. A thread that the OS keeps off a core
+  // (more runnable threads than cores) then does not hold up the call. Waits for every fn
+  // that did start.
+  void run_dynamic(const std::function<void(int, int)>& fn);
+
  private:
   struct State;
   int n_threads_;

@@ -232,6 +232,32 @@ void test_thread_pool() {
   mask = 0;
   p.run([&](int i, int) { mask.fetch_or(1 << i); });
   check(mask == 7, "the pool keeps working after an exception");
+
+  // run_dynamic: every item is taken exactly once, whichever threads join; interleaved with
+  // run() so that late workers of one kind of job cannot disturb the other.
+  bool items_ok = true, run_ok = true;
+  for (int rep = 0; rep < 2000 && items_ok && run_ok; ++rep) {
+    std::vector<std::atomic<int>> hits(97);
+    std::atomic<int> next{0};
+    p.run_dynamic([&](int, int) {
+      for (int i; (i = next.fetch_add(1)) < 97;) hits[i].fetch_add(1);
+    });
+    for (auto& h : hits) items_ok &= h.load() == 1;
+    mask = 0;
+    p.run([&](int i, int) { mask.fetch_or(1 << i); });
+    run_ok = mask == 7;
+  }
+  check(items_ok, "run_dynamic hands out every item exactly once (2000 calls)");
+  check(run_ok, "run after run_dynamic still runs every index");
+  threw = false;
+  try {
+    p.run_dynamic([](int i, int) {
+      if (i == 0) throw std::runtime_error("caller failure");
+    });
+  } catch (const std::runtime_error& e) {
+    threw = std::string(e.what()) == "caller failure";
+  }
+  check(threw, "an exception in run_dynamic reaches the caller");
 }
 
 void test_set_isa_rejects_unknown() {

@@ -1,7 +1,7 @@
 // Type table and scalar reference dequantization of the GGUF tensor types.
 // Every formula below evaluates in the same order as ggml's dequantize_row_* (and gguf-py's
-// numpy port), so results are bit-identical; fused multiply-add would change the last bit of
-// the "d * q + m" forms, so contraction is switched off for this file.
+// numpy port), so the results are bit-identical. A fused multiply-add would change the last bit
+// of the "d * q + m" forms, which is why contraction is switched off for this file.
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #elif defined(__GNUC__)
@@ -35,7 +35,7 @@ inline float f32_from_bits(uint32_t u) {
 
 inline float h2f(uint16_t h) { return fp16_to_fp32(h); }
 
-// Indexed by type id; entries with a null name are unknown ids.
+// Type infos indexed by type id. An entry with a null name is an unknown id.
 struct TypeTable {
   GGMLTypeInfo info[31] = {};
   TypeTable() {

@@ -153,8 +153,12 @@ void matmul_multi(const PackedWeight* const* ws, float* const* ys, int count, co
   if (any_q) {
     acts = qk::acts_view(acts_scratch(qk::acts_scratch_bytes(m, k)), m, k);
     if (m * k >= kParallelQuantizeElems && pool.size() > 1) {
-      pool.run([&](int t, int nt) {
-        kern.quantize_acts(x, acts, m * t / nt, m * (t + 1) / nt);
+      const int64_t rows_per_item = std::max<int64_t>(1, m / (4 * pool.size()));
+      std::atomic<int64_t> next_row{0};
+      pool.run_dynamic([&](int, int) {
+        for (int64_t r0; (r0 = next_row.fetch_add(rows_per_item, std::memory_order_relaxed)) < m;) {
+          kern.quantize_acts(x, acts, r0, std::min(m, r0 + rows_per_item));
+        }
       });
     } else {
       kern.quantize_acts(x, acts, 0, m);
@@ -162,8 +166,9 @@ void matmul_multi(const PackedWeight* const* ws, float* const* ys, int count, co
   }
 
   // Work items are chunks of tiles (qblock) or panels (float), handed out through one atomic
-  // counter, so a thread that the OS delays does not hold up the others: whoever is running
-  // takes the next chunk. Chunks aim at ~8 per thread and never split a tile or panel.
+  // counter (with run_dynamic), so a thread that the OS delays does not hold up the others:
+  // whoever is running takes the next chunk. Chunks aim at ~8 per thread and never split a tile
+  // or panel.
   constexpr int kMaxWeights = 8;
   if (count > kMaxWeights) throw std::invalid_argument("matmul_multi: at most 8 weights per call");
   int64_t units[kMaxWeights], chunk[kMaxWeights], first_item[kMaxWeights + 1];
@@ -177,7 +182,7 @@ void matmul_multi(const PackedWeight* const* ws, float* const* ys, int count, co
     first_item[j + 1] = first_item[j] + (units[j] + chunk[j] - 1) / chunk[j];
   }
   std::atomic<int64_t> next{0};
-  pool.run([&](int, int) {
+  pool.run_dynamic([&](int, int) {
     for (int64_t item; (item = next.fetch_add(1, std::memory_order_relaxed)) < first_item[count];) {
       int j = 0;
       while (item >= first_item[j + 1]) ++j;

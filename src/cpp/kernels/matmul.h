@@ -53,7 +53,8 @@ void matmul(const PackedWeight& w, const float* x, int64_t m, float* y, ThreadPo
 
 // Several weights that share one input (Q/K/V, gate/up): x is quantized once and all products
 // run in one pool dispatch, which saves a thread handoff per weight in decode.
-// ys[j][m, ws[j]->rows()] = x[m, cols] * ws[j]^T; every weight must have the same cols.
+// ys[j][m, ws[j]->rows()] = x[m, cols] * ws[j]^T for j < count <= 8; all weights have the same
+// cols.
 void matmul_multi(const PackedWeight* const* ws, float* const* ys, int count, const float* x, int64_t m,
                   ThreadPool& pool);
 

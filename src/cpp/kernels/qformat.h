@@ -20,9 +20,11 @@
 //   of u[r, 4g + j].
 // scales: [n_sub][16 rows] (n_sub = 32 / sub), f16 or f32; mins: [n_sub][16 rows] f32.
 // One 64-byte vector is exactly what a VNNI instruction multiplies against a broadcast group of
-// 4 activations, giving 16 row sums at once: GEMV needs no horizontal reductions and GEMM reuses
-// the same panel. The int8 activations are per block of 32 (like ggml's Q8_0) and exact sums of
-// u * xq are corrected for zp by starting the integer accumulator at -zp * sum(xq).
+// 4 activations, giving 16 row sums at once. So GEMV needs no horizontal reductions, and GEMM
+// reuses the same panel. The int8 activations are per block of 32 (like ggml's Q8_0), and the
+// exact sums of u * xq are corrected for zp by starting the integer accumulator at -zp * sum(xq).
+// NOTE: no GGUF type has this layout, so every quantized weight is copied once at load (Q8_0
+// keeps its size, 8.5 bits per weight), and the file's pages are not used after packing.
 #pragma once
 
 #include <cstdint>
@@ -51,7 +53,7 @@ struct QFormat {
 // Read-only view of a packed matrix.
 struct QPanel {
   QFormat f;
-  int64_t rows = 0;         // valid rows (N); the last tile may be partial (padding rows are 0)
+  int64_t rows = 0;         // valid rows (N); in a partial last tile, padding rows have scale 0
   int64_t cols = 0;         // K, a multiple of kBlockK
   int64_t n_tiles = 0;
   int64_t n_kb = 0;         // cols / kBlockK
@@ -83,7 +85,7 @@ int64_t acts_scratch_bytes(int64_t m, int64_t cols);
 // Lays out a QActs over `scratch` (acts_scratch_bytes long, 64-byte aligned).
 QActs acts_view(void* scratch, int64_t m, int64_t cols);
 
-// Kernel entry points; each ISA provides both with these signatures.
+// Kernel entry points, with the same signatures in every ISA.
 // Quantizes rows [r0, r1) of x (m, cols) into a (a view made by acts_view).
 using QuantizeActsFn = void (*)(const float* x, const QActs& a, int64_t r0, int64_t r1);
 // y[i, n] for all m rows of a and the rows n of tiles [t0, t1) (clipped to w.rows);

@@ -61,12 +61,43 @@ struct Avx2 {
     }
   }
 
-  static inline __m256 load_scales(const QFormat& f, const void* p, int s, int h) {
-    if (f.scale_f16) {
-      return _mm256_cvtph_ps(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + 16 * s + 8 * h)));
+  // Adds the k-groups [g0, g0 + count) of one (tile, block) into iacc, for MR rows x NH halves,
+  // two groups per step. A loop rather than full unrolling, so broadcasts are not all hoisted.
+  template <int BITS, int MR, int NH>
+  static inline void dot_groups(const uint8_t* const* q, const int8_t* const* xq, int g0, int count,
+                                __m256i (&iacc)[MR][NH]) {
+    const __m256i ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 1
+    for (int g = g0; g < g0 + count; g += 2) {
+      __m256i xv0[MR], xv1[MR];
+      for (int r = 0; r < MR; ++r) {
+        int32_t x0, x1;
+        std::memcpy(&x0, xq[r] + 4 * g, 4);
+        std::memcpy(&x1, xq[r] + 4 * g + 4, 4);
+        xv0[r] = _mm256_set1_epi32(x0);
+        xv1[r] = _mm256_set1_epi32(x1);
+      }
+      for (int h = 0; h < NH; ++h) {
+        const __m256i w0 = group<BITS>(q[h / 2], g, h % 2);
+        const __m256i w1 = group<BITS>(q[h / 2], g + 1, h % 2);
+        if constexpr (BITS == 8) {
+          const __m256i s0 = _mm256_xor_si256(w0, _mm256_set1_epi8(static_cast<char>(0x80)));
+          const __m256i s1 = _mm256_xor_si256(w1, _mm256_set1_epi8(static_cast<char>(0x80)));
+          const __m256i a0 = _mm256_abs_epi8(s0), a1 = _mm256_abs_epi8(s1);
+          for (int r = 0; r < MR; ++r) {
+            const __m256i p0 = _mm256_maddubs_epi16(a0, _mm256_sign_epi8(xv0[r], s0));
+            const __m256i p1 = _mm256_maddubs_epi16(a1, _mm256_sign_epi8(xv1[r], s1));
+            iacc[r][h] = _mm256_add_epi32(iacc[r][h], _mm256_madd_epi16(p0, ones));
+            iacc[r][h] = _mm256_add_epi32(iacc[r][h], _mm256_madd_epi16(p1, ones));
+          }
+        } else {
+          for (int r = 0; r < MR; ++r) {
+            const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(w0, xv0[r]), _mm256_maddubs_epi16(w1, xv1[r]));
+            iacc[r][h] = _mm256_add_epi32(iacc[r][h], _mm256_madd_epi16(p, ones));
+          }
+        }
+      }
     }
-    return _mm256_loadu_ps(static_cast<const float*>(p) + 16 * s + 8 * h);
   }
 
   template <int BITS, int SUB, int MR, int NT>
@@ -74,79 +105,81 @@ struct Avx2 {
     constexpr int kNSub = kBlockK / SUB;
     constexpr int kGroupsPerSub = SUB / 4;
     constexpr int NH = 2 * NT;  // 8-row halves in flight
+    constexpr int64_t kQuantBytes = BITS == 8 ? 512 : 256 + 64 * (BITS - 4);
     const QFormat& f = w.f;
+    const int64_t n_kb = w.n_kb;
+    const int64_t scale_bytes = f.scale_bytes(), min_bytes = f.min_bytes();
+    const bool scale_f16 = f.scale_f16, has_min = f.has_min;
     // 8-bit weights are used as signed q = u - 128, so the zero point moves by 128.
     const int zp = BITS == 8 ? f.zp - 128 : f.zp;
-    const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[MR][NH];
     for (int r = 0; r < MR; ++r)
       for (int h = 0; h < NH; ++h) acc[r][h] = _mm256_setzero_ps();
 
+    const uint8_t* q[NT];
+    const uint8_t* sc[NT];
+    const uint8_t* mn[NT];
+    for (int tt = 0; tt < NT; ++tt) {
+      q[tt] = w.tile(t + tt);
+      sc[tt] = q[tt] + n_kb * kQuantBytes;
+      mn[tt] = sc[tt] + n_kb * scale_bytes;
+    }
+    const int8_t* xq[MR];
+    const float* xs[MR];
+    const int32_t* bs[MR];
+    for (int r = 0; r < MR; ++r) {
+      xq[r] = a.xq + (i0 + r) * a.cols;
+      xs[r] = a.xs + (i0 + r) * a.n_kb;
+      bs[r] = a.bsum + (i0 + r) * a.n_kb * 2;
+    }
     // GEMV: linear software prefetch along the contiguous tile records (see qgemm_avx512.cpp).
-    const int64_t pf_lines = (NT * w.tile_stride / w.n_kb + 63) / 64 + 1;
-    for (int64_t b = 0; b < w.n_kb; ++b) {
-      const uint8_t* q[NT];
-      for (int tt = 0; tt < NT; ++tt) q[tt] = w.quants(t + tt, b);
+    const int64_t pf_lines = (NT * w.tile_stride / n_kb + 63) / 64 + 1;
+    const char* const pf_base = reinterpret_cast<const char*>(w.tile(t)) + kPrefetchBytes;
+
+    for (int64_t b = 0; b < n_kb; ++b) {
       if constexpr (MR == 1) {
-        const char* pf = reinterpret_cast<const char*>(w.tile(t)) + b * w.tile_stride / w.n_kb + kPrefetchBytes;
+        const char* pf = pf_base + b * NT * w.tile_stride / n_kb;
         for (int64_t l = 0; l < pf_lines; ++l) _mm_prefetch(pf + 64 * l, _MM_HINT_T0);
-      }
-      const int8_t* xq[MR];
-      float xs[MR];
-      const int32_t* bs[MR];
-      for (int r = 0; r < MR; ++r) {
-        xq[r] = a.xq + (i0 + r) * a.cols + b * kBlockK;
-        xs[r] = a.xs[(i0 + r) * a.n_kb + b];
-        bs[r] = a.bsum + ((i0 + r) * a.n_kb + b) * 2;
       }
       for (int s = 0; s < kNSub; ++s) {
         int32_t bsum[MR];
         __m256i iacc[MR][NH];
         for (int r = 0; r < MR; ++r) {
-          bsum[r] = SUB == 16 ? bs[r][s] : bs[r][0] + bs[r][1];
+          bsum[r] = SUB == 16 ? bs[r][2 * b + s] : bs[r][2 * b] + bs[r][2 * b + 1];
           const __m256i init = _mm256_set1_epi32(-zp * bsum[r]);
           for (int h = 0; h < NH; ++h) iacc[r][h] = init;
         }
-        for (int g = s * kGroupsPerSub; g < (s + 1) * kGroupsPerSub; g += 2) {
-          for (int h = 0; h < NH; ++h) {
-            const __m256i w0 = group<BITS>(q[h / 2], g, h % 2);
-            const __m256i w1 = group<BITS>(q[h / 2], g + 1, h % 2);
-            for (int r = 0; r < MR; ++r) {
-              int32_t x0, x1;
-              std::memcpy(&x0, xq[r] + 4 * g, 4);
-              std::memcpy(&x1, xq[r] + 4 * g + 4, 4);
-              const __m256i xv0 = _mm256_set1_epi32(x0), xv1 = _mm256_set1_epi32(x1);
-              if constexpr (BITS == 8) {
-                const __m256i s0 = _mm256_xor_si256(w0, _mm256_set1_epi8(static_cast<char>(0x80)));
-                const __m256i s1 = _mm256_xor_si256(w1, _mm256_set1_epi8(static_cast<char>(0x80)));
-                const __m256i p0 = _mm256_maddubs_epi16(_mm256_abs_epi8(s0), _mm256_sign_epi8(xv0, s0));
-                const __m256i p1 = _mm256_maddubs_epi16(_mm256_abs_epi8(s1), _mm256_sign_epi8(xv1, s1));
-                iacc[r][h] = _mm256_add_epi32(iacc[r][h], _mm256_madd_epi16(p0, ones));
-                iacc[r][h] = _mm256_add_epi32(iacc[r][h], _mm256_madd_epi16(p1, ones));
-              } else {
-                const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(w0, xv0), _mm256_maddubs_epi16(w1, xv1));
-                iacc[r][h] = _mm256_add_epi32(iacc[r][h], _mm256_madd_epi16(p, ones));
-              }
-            }
-          }
-        }
+        dot_groups<BITS, MR, NH>(q, xq, s * kGroupsPerSub, kGroupsPerSub, iacc);
+
         __m256 ws[NH];
-        for (int h = 0; h < NH; ++h) ws[h] = load_scales(f, w.scales(t + h / 2, b), s, h % 2);
+        for (int h = 0; h < NH; ++h) {
+          const uint8_t* p = sc[h / 2];
+          ws[h] = scale_f16
+                      ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p) + 2 * s + h % 2))
+                      : _mm256_loadu_ps(reinterpret_cast<const float*>(p) + 16 * s + 8 * (h % 2));
+        }
         for (int r = 0; r < MR; ++r) {
-          const __m256 vxs = _mm256_set1_ps(xs[r]);
+          const __m256 vxs = _mm256_set1_ps(xs[r][b]);
           for (int h = 0; h < NH; ++h) {
             acc[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[r][h]), _mm256_mul_ps(ws[h], vxs), acc[r][h]);
           }
         }
-        if (f.has_min) {
+        if (has_min) {
           for (int r = 0; r < MR; ++r) {
-            const __m256 xsum = _mm256_set1_ps(xs[r] * static_cast<float>(bsum[r]));
+            const __m256 xsum = _mm256_set1_ps(xs[r][b] * static_cast<float>(bsum[r]));
             for (int h = 0; h < NH; ++h) {
-              acc[r][h] = _mm256_fmadd_ps(_mm256_loadu_ps(w.mins(t + h / 2, b) + 16 * s + 8 * (h % 2)), xsum, acc[r][h]);
+              const float* mp = reinterpret_cast<const float*>(mn[h / 2]) + 16 * s + 8 * (h % 2);
+              acc[r][h] = _mm256_fmadd_ps(_mm256_loadu_ps(mp), xsum, acc[r][h]);
             }
           }
         }
       }
+      for (int tt = 0; tt < NT; ++tt) {
+        q[tt] += kQuantBytes;
+        sc[tt] += scale_bytes;
+        mn[tt] += min_bytes;
+      }
+      for (int r = 0; r < MR; ++r) xq[r] += kBlockK;
     }
 
     for (int h = 0; h < NH; ++h) {

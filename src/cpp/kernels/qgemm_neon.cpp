@@ -60,12 +60,24 @@ struct Neon {
     }
   }
 
-  static inline float32x4_t load_scales(const QFormat& f, const void* p, int s, int c) {
-    if (f.scale_f16) {
-      const uint16_t* h = static_cast<const uint16_t*>(p) + 16 * s + 4 * c;
-      return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
+  // Adds the k-groups [g0, g0 + count) of one (tile, block) into iacc, for MR rows x NQ
+  // quarters. A loop rather than full unrolling, so broadcasts are not all hoisted and spilled.
+  template <int BITS, int MR, int NQ>
+  static inline void dot_groups(const uint8_t* const* q, const int8_t* const* xq, int g0, int count,
+                                int32x4_t (&iacc)[MR][NQ]) {
+#pragma GCC unroll 1
+    for (int g = g0; g < g0 + count; ++g) {
+      int8x16_t xv[MR];
+      for (int r = 0; r < MR; ++r) {
+        int32_t x4;
+        std::memcpy(&x4, xq[r] + 4 * g, 4);
+        xv[r] = vreinterpretq_s8_s32(vdupq_n_s32(x4));
+      }
+      for (int c = 0; c < NQ; ++c) {
+        const int8x16_t wv = group<BITS>(q[c / 4], g, c % 4);
+        for (int r = 0; r < MR; ++r) iacc[r][c] = vdotq_s32(iacc[r][c], wv, xv[r]);
+      }
     }
-    return vld1q_f32(static_cast<const float*>(p) + 16 * s + 4 * c);
   }
 
   template <int BITS, int SUB, int MR, int NT>
@@ -73,64 +85,80 @@ struct Neon {
     constexpr int kNSub = kBlockK / SUB;
     constexpr int kGroupsPerSub = SUB / 4;
     constexpr int NQ = 4 * NT;  // 4-row quarters in flight
+    constexpr int64_t kQuantBytes = BITS == 8 ? 512 : 256 + 64 * (BITS - 4);
     const QFormat& f = w.f;
+    const int64_t n_kb = w.n_kb;
+    const int64_t scale_bytes = f.scale_bytes(), min_bytes = f.min_bytes();
+    const bool scale_f16 = f.scale_f16, has_min = f.has_min;
+    // 8-bit weights are used as signed q = u - 128, so the zero point moves by 128.
     const int zp = BITS == 8 ? f.zp - 128 : f.zp;
     float32x4_t acc[MR][NQ];
     for (int r = 0; r < MR; ++r)
       for (int c = 0; c < NQ; ++c) acc[r][c] = vdupq_n_f32(0.0f);
 
+    const uint8_t* q[NT];
+    const uint8_t* sc[NT];
+    const uint8_t* mn[NT];
+    for (int tt = 0; tt < NT; ++tt) {
+      q[tt] = w.tile(t + tt);
+      sc[tt] = q[tt] + n_kb * kQuantBytes;
+      mn[tt] = sc[tt] + n_kb * scale_bytes;
+    }
+    const int8_t* xq[MR];
+    const float* xs[MR];
+    const int32_t* bs[MR];
+    for (int r = 0; r < MR; ++r) {
+      xq[r] = a.xq + (i0 + r) * a.cols;
+      xs[r] = a.xs + (i0 + r) * a.n_kb;
+      bs[r] = a.bsum + (i0 + r) * a.n_kb * 2;
+    }
     // GEMV: linear software prefetch along the contiguous tile records (see qgemm_avx512.cpp).
-    const int64_t pf_lines = (NT * w.tile_stride / w.n_kb + 63) / 64 + 1;
-    for (int64_t b = 0; b < w.n_kb; ++b) {
-      const uint8_t* q[NT];
-      for (int tt = 0; tt < NT; ++tt) q[tt] = w.quants(t + tt, b);
+    const int64_t pf_lines = (NT * w.tile_stride / n_kb + 63) / 64 + 1;
+    const char* const pf_base = reinterpret_cast<const char*>(w.tile(t)) + kPrefetchBytes;
+
+    for (int64_t b = 0; b < n_kb; ++b) {
       if constexpr (MR == 1) {
-        const char* pf = reinterpret_cast<const char*>(w.tile(t)) + b * w.tile_stride / w.n_kb + kPrefetchBytes;
+        const char* pf = pf_base + b * NT * w.tile_stride / n_kb;
         for (int64_t l = 0; l < pf_lines; ++l) __builtin_prefetch(pf + 64 * l, 0, 3);
-      }
-      const int8_t* xq[MR];
-      float xs[MR];
-      const int32_t* bs[MR];
-      for (int r = 0; r < MR; ++r) {
-        xq[r] = a.xq + (i0 + r) * a.cols + b * kBlockK;
-        xs[r] = a.xs[(i0 + r) * a.n_kb + b];
-        bs[r] = a.bsum + ((i0 + r) * a.n_kb + b) * 2;
       }
       for (int s = 0; s < kNSub; ++s) {
         int32_t bsum[MR];
         int32x4_t iacc[MR][NQ];
         for (int r = 0; r < MR; ++r) {
-          bsum[r] = SUB == 16 ? bs[r][s] : bs[r][0] + bs[r][1];
+          bsum[r] = SUB == 16 ? bs[r][2 * b + s] : bs[r][2 * b] + bs[r][2 * b + 1];
           const int32x4_t init = vdupq_n_s32(-zp * bsum[r]);
           for (int c = 0; c < NQ; ++c) iacc[r][c] = init;
         }
-        for (int g = s * kGroupsPerSub; g < (s + 1) * kGroupsPerSub; ++g) {
-          for (int c = 0; c < NQ; ++c) {
-            const int8x16_t wv = group<BITS>(q[c / 4], g, c % 4);
-            for (int r = 0; r < MR; ++r) {
-              int32_t x4;
-              std::memcpy(&x4, xq[r] + 4 * g, 4);
-              iacc[r][c] = vdotq_s32(iacc[r][c], wv, vreinterpretq_s8_s32(vdupq_n_s32(x4)));
-            }
-          }
-        }
+        dot_groups<BITS, MR, NQ>(q, xq, s * kGroupsPerSub, kGroupsPerSub, iacc);
+
         float32x4_t ws[NQ];
-        for (int c = 0; c < NQ; ++c) ws[c] = load_scales(f, w.scales(t + c / 4, b), s, c % 4);
+        for (int c = 0; c < NQ; ++c) {
+          const uint8_t* p = sc[c / 4];
+          ws[c] = scale_f16 ? vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(reinterpret_cast<const uint16_t*>(p) + 16 * s + 4 * (c % 4))))
+                            : vld1q_f32(reinterpret_cast<const float*>(p) + 16 * s + 4 * (c % 4));
+        }
         for (int r = 0; r < MR; ++r) {
-          const float32x4_t vxs = vdupq_n_f32(xs[r]);
+          const float32x4_t vxs = vdupq_n_f32(xs[r][b]);
           for (int c = 0; c < NQ; ++c) {
             acc[r][c] = vfmaq_f32(acc[r][c], vcvtq_f32_s32(iacc[r][c]), vmulq_f32(ws[c], vxs));
           }
         }
-        if (f.has_min) {
+        if (has_min) {
           for (int r = 0; r < MR; ++r) {
-            const float32x4_t xsum = vdupq_n_f32(xs[r] * static_cast<float>(bsum[r]));
+            const float32x4_t xsum = vdupq_n_f32(xs[r][b] * static_cast<float>(bsum[r]));
             for (int c = 0; c < NQ; ++c) {
-              acc[r][c] = vfmaq_f32(acc[r][c], vld1q_f32(w.mins(t + c / 4, b) + 16 * s + 4 * (c % 4)), xsum);
+              const float* mp = reinterpret_cast<const float*>(mn[c / 4]) + 16 * s + 4 * (c % 4);
+              acc[r][c] = vfmaq_f32(acc[r][c], vld1q_f32(mp), xsum);
             }
           }
         }
       }
+      for (int tt = 0; tt < NT; ++tt) {
+        q[tt] += kQuantBytes;
+        sc[tt] += scale_bytes;
+        mn[tt] += min_bytes;
+      }
+      for (int r = 0; r < MR; ++r) xq[r] += kBlockK;
     }
 
     for (int c = 0; c < NQ; ++c) {

@@ -1,5 +1,5 @@
 // Block structs of the GGUF quantization types, byte for byte as ggml lays them out
-// (ggml-common.h). Internal to the kernels: the model sees only GGMLType and PackedWeight.
+// (ggml-common.h). Internal to the kernels: the model uses only GGMLType and PackedWeight.
 #pragma once
 
 #include <cstdint>
@@ -11,8 +11,8 @@ constexpr int kQK8_0 = 32;
 constexpr int kQK_K = 256;  // elements per super-block of the k-quants
 constexpr int kKScaleSize = 12;  // packed 6-bit scales and mins of Q4_K / Q5_K
 
-// Q4_0: 4.5 bits per weight. x = d * (q - 8), q in [0, 15]; element j in the low nibble of
-// qs[j], element j + 16 in the high nibble.
+// Q4_0: 4.5 bits per weight. x = d * (q - 8) with q in [0, 15]. Element j is the low nibble of
+// qs[j], element j + 16 the high nibble.
 struct BlockQ4_0 {
   uint16_t d;  // fp16 scale
   uint8_t qs[kQK4_0 / 2];
@@ -51,7 +51,7 @@ struct BlockQ8_0 {
 };
 static_assert(sizeof(BlockQ8_0) == 34, "q8_0 block");
 
-// Q2_K: 2.625 bits per weight. 16 sub-blocks of 16; scales[i] = scale (low 4 bits) | min << 4.
+// Q2_K: 2.625 bits per weight. 16 sub-blocks of 16, scales[i] = scale (low 4 bits) | min << 4.
 struct BlockQ2_K {
   uint8_t scales[kQK_K / 16];
   uint8_t qs[kQK_K / 4];
@@ -69,7 +69,7 @@ struct BlockQ3_K {
 };
 static_assert(sizeof(BlockQ3_K) == 110, "q3_K block");
 
-// Q4_K: 4.5 bits per weight. 8 sub-blocks of 32; x = d*sc[j] * q - dmin*m[j].
+// Q4_K: 4.5 bits per weight. 8 sub-blocks of 32, x = d*sc[j] * q - dmin*m[j].
 struct BlockQ4_K {
   uint16_t d;
   uint16_t dmin;
@@ -88,7 +88,7 @@ struct BlockQ5_K {
 };
 static_assert(sizeof(BlockQ5_K) == 176, "q5_K block");
 
-// Q6_K: 6.5625 bits per weight. 16 sub-blocks of 16 with int8 scales; x = d*sc * (q - 32).
+// Q6_K: 6.5625 bits per weight. 16 sub-blocks of 16 with int8 scales, x = d*sc * (q - 32).
 struct BlockQ6_K {
   uint8_t ql[kQK_K / 2];
   uint8_t qh[kQK_K / 4];
@@ -97,7 +97,7 @@ struct BlockQ6_K {
 };
 static_assert(sizeof(BlockQ6_K) == 210, "q6_K block");
 
-// Q8_K: 9.125 bits per weight; ggml's activation format for k-quant dot products.
+// Q8_K: 9.125 bits per weight. ggml's activation format for k-quant dot products.
 struct BlockQ8_K {
   float d;
   int8_t qs[kQK_K];
