@@ -295,7 +295,8 @@ int64_t Context::kv_bytes() const {
   return total;
 }
 
-void Context::eval(const int32_t* tokens, int64_t n, int64_t logits_from, float* logits_out) {
+void Context::eval(const int32_t* tokens, int64_t n, int64_t logits_from, float* logits_out,
+                   const EvalInputs* inputs) {
   const ModelConfig& c = model_.config();
   if (n < 0) throw InvalidArgument("token count must not be negative");
   if (n_past_ + n > options_.n_ctx) {
@@ -310,16 +311,54 @@ void Context::eval(const int32_t* tokens, int64_t n, int64_t logits_from, float*
     }
   }
   if (logits_from < n && !logits_out) throw InvalidArgument("logits requested without an output buffer");
-  for (int64_t start = 0; start < n; start += options_.n_batch) {
+
+  std::vector<std::pair<int64_t, int64_t>> spans;
+  if (inputs) {
+    if ((inputs->embeddings == nullptr) != (inputs->replace == nullptr)) {
+      throw InvalidArgument("embeddings and their replace mask must be given together");
+    }
+    spans = inputs->bidirectional_spans;
+    std::sort(spans.begin(), spans.end());
+    for (size_t i = 0; i < spans.size(); ++i) {
+      const auto [begin, end] = spans[i];
+      if (begin < 0 || end > n || begin >= end || (i > 0 && begin < spans[i - 1].second)) {
+        throw InvalidArgument("bidirectional span [" + std::to_string(begin) + ", " + std::to_string(end) +
+                              ") is empty, overlaps another or lies outside the " + std::to_string(n) + " tokens");
+      }
+      if (end - begin > options_.n_batch) {
+        throw InvalidArgument("a bidirectional span of " + std::to_string(end - begin) +
+                              " tokens does not fit in n_batch " + std::to_string(options_.n_batch) +
+                              "; create the model with a larger n_batch");
+      }
+    }
+  }
+
+  size_t next_span = 0;
+  for (int64_t start = 0; start < n;) {
     int64_t len = std::min(options_.n_batch, n - start);
-    int64_t chunk_from = std::max<int64_t>(0, logits_from - start);
+    // End the chunk before a span it would cut in two.
+    while (next_span < spans.size() && spans[next_span].second <= start) ++next_span;
+    if (next_span < spans.size()) {
+      const auto [begin, end] = spans[next_span];
+      if (begin < start + len && end > start + len) len = begin - start;
+    }
+    attend_end_.assign(static_cast<size_t>(len), 0);
+    for (int64_t t = 0; t < len; ++t) attend_end_[t] = t + 1;
+    for (const auto& [begin, end] : spans) {
+      for (int64_t i = std::max(begin, start); i < std::min(end, start + len); ++i) attend_end_[i - start] = end - start;
+    }
+    const int64_t chunk_from = std::max<int64_t>(0, logits_from - start);
     float* out = nullptr;
     if (chunk_from < len) out = logits_out + (start + chunk_from - logits_from) * c.vocab_size;
-    eval_chunk(tokens + start, len, chunk_from, out);
+    const float* embeddings = inputs && inputs->embeddings ? inputs->embeddings + start * c.d_model : nullptr;
+    const uint8_t* replace = inputs && inputs->replace ? inputs->replace + start : nullptr;
+    eval_chunk(tokens + start, len, chunk_from, out, embeddings, replace);
+    start += len;
   }
 }
 
-void Context::eval_chunk(const int32_t* tokens, int64_t n, int64_t logits_from, float* logits_out) {
+void Context::eval_chunk(const int32_t* tokens, int64_t n, int64_t logits_from, float* logits_out,
+                         const float* embeddings, const uint8_t* replace) {
   const ModelConfig& c = model_.config();
   const int64_t d = c.d_model;
   const int64_t hd = c.head_dim;
@@ -331,9 +370,14 @@ void Context::eval_chunk(const int32_t* tokens, int64_t n, int64_t logits_from, 
     vec.rms_norm(x, w, out, len, c.norm_eps);
   };
 
-  // Embedding lookup, scaled by sqrt(d_model) in float32.
+  // Embedding lookup, scaled by sqrt(d_model) in float32; given rows (image soft tokens) are
+  // used as they are, as transformers' Gemma 3 scatters image features into the scaled embeddings.
   for (int64_t t = 0; t < n; ++t) {
     float* row = &x_[t * d];
+    if (replace && replace[t]) {
+      std::memcpy(row, embeddings + t * d, d * sizeof(float));
+      continue;
+    }
     model_.token_embd().dequantize_row(tokens[t], row);
     for (int64_t i = 0; i < d; ++i) row[i] *= c.embedding_scale;
   }
@@ -561,7 +605,8 @@ void Context::attention(int64_t il, int64_t n) {
       const int64_t h = task % c.n_heads;
       const int64_t pos = n_past_ + t;
       const int64_t first = sliding ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
-      const int64_t count = pos - first + 1;
+      const int64_t last = n_past_ + attend_end_[t] - 1;  // pos, or the end of the token's image
+      const int64_t count = last - first + 1;
       const float* q = &q_[t * q_dim + h * hd];
       const int64_t kv_offset = (h / group) * hd;
 

@@ -82,6 +82,18 @@ struct ContextOptions {
   KVType kv_type = KVType::kF32;
 };
 
+// Extra inputs of an eval() call, for multimodal prompts.
+struct EvalInputs {
+  // (n, d_model) hidden states used in place of the scaled token embedding wherever
+  // replace[i] is nonzero (image soft tokens); both null when unused.
+  const float* embeddings = nullptr;
+  const uint8_t* replace = nullptr;
+  // [begin, end) token indices (within the call) whose tokens attend to each other in both
+  // directions, as the tokens of one image do; causal attention everywhere else. A span must
+  // fit in one chunk of n_batch tokens.
+  std::vector<std::pair<int64_t, int64_t>> bidirectional_spans;
+};
+
 // One sequence being evaluated: the KV cache, scratch buffers and a thread pool.
 class Context {
  public:
@@ -102,7 +114,8 @@ class Context {
   // Logits of token i for i >= logits_from go to logits_out[(i - logits_from) * vocab]
   // (logits_out may be null when logits_from >= n). Throws InvalidArgument when the context
   // would overflow or a token id is out of range.
-  void eval(const int32_t* tokens, int64_t n, int64_t logits_from, float* logits_out);
+  void eval(const int32_t* tokens, int64_t n, int64_t logits_from, float* logits_out,
+            const EvalInputs* inputs = nullptr);
 
   // Serialises the cached positions (keys and values of 0 .. n_past-1 that the cache holds)
   // with the settings needed to check a later restore.
@@ -120,8 +133,13 @@ class Context {
   ThreadPool& pool() { return *pool_; }
 
  private:
-  void eval_chunk(const int32_t* tokens, int64_t n, int64_t logits_from, float* logits_out);
+  void eval_chunk(const int32_t* tokens, int64_t n, int64_t logits_from, float* logits_out,
+                  const float* embeddings, const uint8_t* replace);
   void attention(int64_t layer, int64_t n);
+
+  // For each token of the current chunk, one past the last chunk-local index it may attend to
+  // (t + 1 for causal attention, the end of its bidirectional span otherwise).
+  std::vector<int64_t> attend_end_;
 
   const Model& model_;
   ContextOptions options_;

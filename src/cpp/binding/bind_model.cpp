@@ -159,23 +159,47 @@ void bind_model(py::module_& m) {
            "layer's ring buffer no longer holds what position n needs.")
       .def(
           "eval",
-          [](Context& ctx, const py::object& tokens, int64_t logits_from) {
+          [](Context& ctx, const py::object& tokens, int64_t logits_from, const py::object& embeddings,
+             const py::object& replace, const std::vector<std::pair<int64_t, int64_t>>& spans) {
             std::vector<int32_t> ids = to_ids(tokens);
             const int64_t n = static_cast<int64_t>(ids.size());
             const int64_t vocab = ctx.model().config().vocab_size;
+            const int64_t d_model = ctx.model().config().d_model;
             if (logits_from < 0) logits_from = std::max<int64_t>(0, n + logits_from);
             const int64_t rows = std::max<int64_t>(0, n - logits_from);
+
+            EvalInputs inputs;
+            inputs.bidirectional_spans = spans;
+            py::array_t<float, py::array::c_style | py::array::forcecast> embedding_array;
+            py::array_t<uint8_t, py::array::c_style | py::array::forcecast> replace_array;
+            if (!embeddings.is_none()) {
+              embedding_array = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(embeddings);
+              replace_array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>::ensure(replace);
+              if (!embedding_array || embedding_array.ndim() != 2 || embedding_array.shape(0) != n ||
+                  embedding_array.shape(1) != d_model) {
+                throw InvalidArgument("embeddings must be a float32 array of shape (" + std::to_string(n) + ", " +
+                                      std::to_string(d_model) + ")");
+              }
+              if (!replace_array || replace_array.ndim() != 1 || replace_array.shape(0) != n) {
+                throw InvalidArgument("replace must be a boolean array of length " + std::to_string(n));
+              }
+              inputs.embeddings = embedding_array.data();
+              inputs.replace = replace_array.data();
+            }
             py::array_t<float> logits({rows, vocab});
             float* out = rows > 0 ? logits.mutable_data() : nullptr;
             {
               py::gil_scoped_release release;
-              ctx.eval(ids.data(), n, logits_from, out);
+              ctx.eval(ids.data(), n, logits_from, out, &inputs);
             }
             return logits;
           },
-          py::arg("tokens"), py::arg("logits_from") = -1,
+          py::arg("tokens"), py::arg("logits_from") = -1, py::arg("embeddings") = py::none(),
+          py::arg("replace") = py::none(), py::arg("spans") = std::vector<std::pair<int64_t, int64_t>>{},
           "Appends tokens to the cache. Returns logits for tokens[logits_from:] as float32 "
-          "[rows, vocab]; a negative logits_from counts from the end (-1: the last token only).")
+          "[rows, vocab]; a negative logits_from counts from the end (-1: the last token only). "
+          "embeddings (n, d_model) replace the token embeddings where replace is true; spans are "
+          "[begin, end) index ranges whose tokens attend to each other in both directions.")
       .def(
           "decode_each",
           [](Context& ctx, const py::object& tokens) {
