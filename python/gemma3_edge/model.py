@@ -24,6 +24,29 @@ PRECISIONS = ("quantized", "f32")
 KV_TYPES = ("f32", "f16", "int8")
 
 
+def kv_bytes_per_value(kv_type: str) -> float:
+    """Bytes per cached key or value element: int8 stores blocks of 32 with a float32 scale."""
+    sizes = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "int8": 1.0 + 4.0 / 32}
+    if kv_type not in sizes:
+        raise ValueError(f"kv_type must be one of {tuple(sizes)}, got {kv_type!r}")
+    return sizes[kv_type]
+
+
+def kv_cache_bytes_for_config(config: dict, n_ctx: int, kv_type: str, all_layers_full: bool = False) -> int:
+    """KV cache bytes at n_ctx positions for a model configuration.
+
+    Global layers keep every position; sliding layers keep a ring of the window only (the
+    runtime's layout). all_layers_full=True counts every layer at full length instead, as the
+    Gemma 3 report's Table 3 does. "bf16" is accepted for that comparison.
+    """
+    per_position = 2 * config["n_kv_heads"] * config["head_dim"] * kv_bytes_per_value(kv_type)
+    positions = 0
+    for layer_type in config["layer_types"]:
+        full = all_layers_full or layer_type == "global"
+        positions += n_ctx if full else min(n_ctx, config["sliding_window"])
+    return int(positions * per_position)
+
+
 def _default_threads() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -137,20 +160,9 @@ class Model:
     def kv_type(self) -> str:
         return self._context.kv_type
 
-    def kv_cache_bytes(self, n_ctx: int, kv_type: str, n_batch: int | None = None) -> int:
-        """KV cache size for a context of n_ctx positions: global layers keep every position,
-        sliding layers a ring of window + n_batch positions (the chunk being computed needs the
-        window before it)."""
-        if kv_type not in KV_TYPES:
-            raise ValueError(f"kv_type must be one of {KV_TYPES}, got {kv_type!r}")
-        n_batch = self._context.n_batch if n_batch is None else n_batch
-        c = self.config
-        per_position = self._model.kv_bytes_per_position(kv_type)
-        total = 0
-        for layer_type in c["layer_types"]:
-            slots = n_ctx if layer_type == "global" else min(n_ctx, c["sliding_window"] + n_batch)
-            total += slots * per_position
-        return total
+    def kv_cache_bytes(self, n_ctx: int, kv_type: str) -> int:
+        """KV cache size for a context of n_ctx positions (see kv_cache_bytes_for_config)."""
+        return kv_cache_bytes_for_config(self.config, n_ctx, kv_type)
 
     @property
     def stop_token_ids(self) -> tuple[int, ...]:
@@ -207,10 +219,10 @@ class Model:
         with self._lock:
             reused = self._reuse_prefix(ids)
             self.last_stats = GenerationStats(prompt_tokens=len(ids), cached_prompt_tokens=reused)
-            self._cached_tokens = []
-            logits = self._context.eval(ids[reused:], -1)[0]
-            self._cached_tokens = ids
-            return logits
+            try:
+                return self._context.eval(ids[reused:], -1)[0]
+            finally:
+                self._cached_tokens = ids[: self._context.n_past]
 
     # Session state ----------------------------------------------------------------------------
 
@@ -423,43 +435,44 @@ class Model:
                 limit = min(limit, max_tokens)
 
             started = time.perf_counter()
-            reused = self._reuse_prefix(ids)
-            stats.cached_prompt_tokens = reused
-            self._cached_tokens = []  # unknown until eval returns
-            logits = context.eval(ids[reused:], -1)[0]
-            self._cached_tokens = list(ids)
-            stats.prompt_seconds = time.perf_counter() - started
-            started = time.perf_counter()
-            stats.finish_reason = "length"
-            while stats.completion_tokens < limit:
-                token = sampler.sample(logits, history)
-                if token in stop_ids:
-                    stats.finish_reason = "stop"
-                    break
-                history.append(token)
-                stats.completion_tokens += 1
-                stats.token_ids.append(token)
-                if logprobs is not None:
-                    stats.logprobs.append(_token_logprobs(logits, token, logprobs))
-                pending += decoder.push(token)
-                if stops:
-                    cut = _find_stop(pending, stops)
-                    if cut is not None:
-                        pending = pending[:cut]
+            try:
+                reused = self._reuse_prefix(ids)
+                stats.cached_prompt_tokens = reused
+                logits = context.eval(ids[reused:], -1)[0]
+                stats.prompt_seconds = time.perf_counter() - started
+                started = time.perf_counter()
+                stats.finish_reason = "length"
+                while stats.completion_tokens < limit:
+                    token = sampler.sample(logits, history)
+                    if token in stop_ids:
                         stats.finish_reason = "stop"
                         break
-                    safe = _safe_prefix_length(pending, stops)
-                    if safe:
-                        yield pending[:safe]
-                        pending = pending[safe:]
-                elif pending:
-                    yield pending
-                    pending = ""
-                if stats.completion_tokens >= limit:
-                    break
-                self._cached_tokens = []
-                logits = context.eval([token], -1)[0]
-                self._cached_tokens = history[:]
+                    history.append(token)
+                    stats.completion_tokens += 1
+                    stats.token_ids.append(token)
+                    if logprobs is not None:
+                        stats.logprobs.append(_token_logprobs(logits, token, logprobs))
+                    pending += decoder.push(token)
+                    if stops:
+                        cut = _find_stop(pending, stops)
+                        if cut is not None:
+                            pending = pending[:cut]
+                            stats.finish_reason = "stop"
+                            break
+                        safe = _safe_prefix_length(pending, stops)
+                        if safe:
+                            yield pending[:safe]
+                            pending = pending[safe:]
+                    elif pending:
+                        yield pending
+                        pending = ""
+                    if stats.completion_tokens >= limit:
+                        break
+                    logits = context.eval([token], -1)[0]
+            finally:
+                # The cache holds the first n_past tokens of what was fed to it, however this
+                # ended (a stop, an error, Ctrl-C, or the caller closing the stream early).
+                self._cached_tokens = history[: context.n_past]
             stats.completion_seconds = time.perf_counter() - started
             pending += decoder.flush()
             if stops:

@@ -7,10 +7,12 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 #include <limits>
 
 #include "errors.h"
+#include "kernels/quant_blocks.h"
 
 namespace g3e {
 
@@ -19,6 +21,16 @@ namespace {
 constexpr uint32_t kGGUFMagic = 0x46554747;  // "GGUF" read as a little-endian uint32
 constexpr int kMaxDims = 4;                  // ggml tensors have at most 4 dimensions
 constexpr uint64_t kMaxArrayNesting = 1;     // arrays of arrays are read, deeper nesting is not
+// Released GGUF files carry a few dozen metadata keys and at most a few thousand tensors. Each
+// entry costs this reader about 200 bytes of bookkeeping while a one-byte metadata value takes
+// only 13 bytes of file, so without these limits a crafted file could make the reader allocate
+// about 15 times its own size.
+constexpr uint64_t kMaxMetadataCount = 1 << 16;
+constexpr uint64_t kMaxTensorCount = 1 << 16;
+// Smallest encodings: a metadata pair is an empty key (8), its type (4) and a one-byte value;
+// a tensor entry is an empty name (8), n_dims (4), one dimension (8), type (4) and offset (8).
+constexpr uint64_t kMinMetadataBytes = 13;
+constexpr uint64_t kMinTensorInfoBytes = 32;
 
 // Bounds-checked little-endian cursor over the mapped file.
 class Cursor {
@@ -192,18 +204,96 @@ void read_value(Cursor& cur, uint32_t raw_type, GGUFValue& value, const std::str
     return;
   }
   if (depth >= kMaxArrayNesting) {
-    cur.fail("metadata key '" + key + "' nests arrays deeper than this reader supports");
+    cur.fail("metadata key '" + key + "' nests arrays deeper than this reader supports (" +
+             std::to_string(kMaxArrayNesting + 1) + " levels)");
   }
+  // Each element of an array of arrays is an array without a value-type tag of its own:
+  // element type (uint32), count (uint64), elements, as gguf-py's GGUFWriter writes it.
   for (uint64_t i = 0; i < count; ++i) {
     GGUFValue inner;
-    uint32_t inner_type = cur.read<uint32_t>("nested array type");
-    if (inner_type != static_cast<uint32_t>(GGUFValueType::kArray)) {
-      cur.fail("metadata key '" + key + "': nested array element has type " +
-               std::to_string(inner_type));
-    }
-    read_value(cur, inner_type, inner, key, depth + 1);
+    read_value(cur, static_cast<uint32_t>(GGUFValueType::kArray), inner, key, depth + 1);
   }
 }
+
+bool f32_bits_nonfinite(uint32_t bits) { return (bits & 0x7F800000u) == 0x7F800000u; }
+bool f16_bits_nonfinite(uint16_t bits) { return (bits & 0x7C00u) == 0x7C00u; }
+bool bf16_bits_nonfinite(uint16_t bits) { return (bits & 0x7F80u) == 0x7F80u; }
+
+// Byte offsets of the fp16 scale fields inside one block of a quantized type (d, and the
+// min or dmin where the type has one); the integer codes between them cannot be NaN.
+struct ScaleFields {
+  size_t offsets[2];
+  int count;
+};
+
+bool scale_fields(GGMLType type, ScaleFields& out) {
+  switch (type) {
+    case GGMLType::Q4_0: out = {{offsetof(BlockQ4_0, d), 0}, 1}; return true;
+    case GGMLType::Q4_1: out = {{offsetof(BlockQ4_1, d), offsetof(BlockQ4_1, m)}, 2}; return true;
+    case GGMLType::Q5_0: out = {{offsetof(BlockQ5_0, d), 0}, 1}; return true;
+    case GGMLType::Q5_1: out = {{offsetof(BlockQ5_1, d), offsetof(BlockQ5_1, m)}, 2}; return true;
+    case GGMLType::Q8_0: out = {{offsetof(BlockQ8_0, d), 0}, 1}; return true;
+    case GGMLType::Q8_1: out = {{0, 2}, 2}; return true;  // fp16 d and s, as ggml's block_q8_1
+    case GGMLType::Q2_K: out = {{offsetof(BlockQ2_K, d), offsetof(BlockQ2_K, dmin)}, 2}; return true;
+    case GGMLType::Q3_K: out = {{offsetof(BlockQ3_K, d), 0}, 1}; return true;
+    case GGMLType::Q4_K: out = {{offsetof(BlockQ4_K, d), offsetof(BlockQ4_K, dmin)}, 2}; return true;
+    case GGMLType::Q5_K: out = {{offsetof(BlockQ5_K, d), offsetof(BlockQ5_K, dmin)}, 2}; return true;
+    case GGMLType::Q6_K: out = {{offsetof(BlockQ6_K, d), 0}, 1}; return true;
+    default: return false;
+  }
+}
+
+}  // namespace
+
+int64_t first_nonfinite_element(const GGUFTensorInfo& t) {
+  const uint8_t* p = t.data;
+  switch (t.type) {
+    case GGMLType::F32:
+      for (int64_t i = 0; i < t.n_elements; ++i) {
+        uint32_t bits;
+        std::memcpy(&bits, p + 4 * i, 4);
+        if (f32_bits_nonfinite(bits)) return i;
+      }
+      return -1;
+    case GGMLType::F16:
+    case GGMLType::BF16: {
+      const bool half = t.type == GGMLType::F16;
+      for (int64_t i = 0; i < t.n_elements; ++i) {
+        uint16_t bits;
+        std::memcpy(&bits, p + 2 * i, 2);
+        if (half ? f16_bits_nonfinite(bits) : bf16_bits_nonfinite(bits)) return i;
+      }
+      return -1;
+    }
+    case GGMLType::Q8_K: {
+      const int64_t n_blocks = t.n_elements / kQK_K;
+      for (int64_t b = 0; b < n_blocks; ++b) {
+        uint32_t bits;
+        std::memcpy(&bits, p + b * sizeof(BlockQ8_K) + offsetof(BlockQ8_K, d), 4);
+        if (f32_bits_nonfinite(bits)) return b * kQK_K;
+      }
+      return -1;
+    }
+    default:
+      break;
+  }
+  ScaleFields fields;
+  const GGMLTypeInfo* info = ggml_type_info(static_cast<uint32_t>(t.type));
+  if (!info || !scale_fields(t.type, fields)) return -1;
+  const int64_t n_blocks = t.n_elements / info->block_size;
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    const uint8_t* block = p + b * info->type_size;
+    for (int k = 0; k < fields.count; ++k) {
+      uint16_t bits;
+      std::memcpy(&bits, block + fields.offsets[k], 2);
+      if (f16_bits_nonfinite(bits)) return b * info->block_size;
+    }
+  }
+  return -1;
+}
+
+namespace {
+
 
 }  // namespace
 
@@ -275,12 +365,19 @@ void GGUFFile::parse() {
   }
   uint64_t tensor_count = cur.read<uint64_t>("tensor count");
   uint64_t kv_count = cur.read<uint64_t>("metadata count");
-  // Each key-value pair takes at least 12 bytes and each tensor entry at least 24.
-  if (kv_count > cur.remaining() / 12) {
+  if (kv_count > cur.remaining() / kMinMetadataBytes) {
     cur.fail("metadata count " + std::to_string(kv_count) + " is larger than the file can hold");
   }
-  if (tensor_count > cur.remaining() / 24) {
+  if (kv_count > kMaxMetadataCount) {
+    cur.fail("metadata count " + std::to_string(kv_count) + " exceeds the limit of " +
+             std::to_string(kMaxMetadataCount) + " keys this reader accepts");
+  }
+  if (tensor_count > cur.remaining() / kMinTensorInfoBytes) {
     cur.fail("tensor count " + std::to_string(tensor_count) + " is larger than the file can hold");
+  }
+  if (tensor_count > kMaxTensorCount) {
+    cur.fail("tensor count " + std::to_string(tensor_count) + " exceeds the limit of " +
+             std::to_string(kMaxTensorCount) + " tensors this reader accepts");
   }
 
   for (uint64_t i = 0; i < kv_count; ++i) {
@@ -294,7 +391,11 @@ void GGUFFile::parse() {
   }
 
   if (const GGUFValue* a = find("general.alignment")) {
-    if (!is_integer_type(a->type) || a->unsigned_integer == 0 ||
+    if (!is_integer_type(a->type)) {
+      throw ModelLoadError(path_ + ": general.alignment has type " + gguf_value_type_name(a->type) +
+                           ", expected an unsigned integer");
+    }
+    if (a->unsigned_integer == 0 ||
         (a->unsigned_integer & (a->unsigned_integer - 1)) != 0 || a->unsigned_integer > (1u << 20)) {
       throw ModelLoadError(path_ + ": general.alignment must be a power of two up to 2^20, got " +
                            std::to_string(a->unsigned_integer));
@@ -369,12 +470,46 @@ void GGUFFile::parse() {
   }
   std::sort(by_offset.begin(), by_offset.end(),
             [](const GGUFTensorInfo* a, const GGUFTensorInfo* b) { return a->offset < b->offset; });
+  // ggml writes tensors back to back, each padded to the alignment, and its reader rejects any
+  // other layout. Checking the same packing catches a type or shape that does not match the
+  // bytes stored for a tensor, which bounds checks alone cannot see.
+  if (!by_offset.empty() && by_offset[0]->offset != 0) {
+    throw ModelLoadError(path_ + ": the first tensor in the data section, '" + by_offset[0]->name +
+                         "', starts at data offset " + std::to_string(by_offset[0]->offset) +
+                         ", expected 0");
+  }
   for (size_t i = 1; i < by_offset.size(); ++i) {
     const GGUFTensorInfo* prev = by_offset[i - 1];
-    if (prev->offset + static_cast<uint64_t>(prev->n_bytes) > by_offset[i]->offset) {
-      throw ModelLoadError(path_ + ": tensors '" + prev->name + "' and '" + by_offset[i]->name +
+    const GGUFTensorInfo* next = by_offset[i];
+    // No overflow: prev->offset + prev->n_bytes <= data_size was checked above.
+    const uint64_t prev_end = prev->offset + static_cast<uint64_t>(prev->n_bytes);
+    const uint64_t expected = (prev_end + alignment_ - 1) / alignment_ * alignment_;
+    if (next->offset < prev_end) {
+      throw ModelLoadError(path_ + ": tensors '" + prev->name + "' and '" + next->name +
                            "' overlap in the data section");
     }
+    if (next->offset != expected) {
+      const GGMLTypeInfo* info = ggml_type_info(static_cast<uint32_t>(prev->type));
+      throw ModelLoadError(path_ + ": tensor '" + prev->name + "' (" + info->name + ", " +
+                           std::to_string(prev->n_bytes) + " bytes at data offset " +
+                           std::to_string(prev->offset) + ") is followed by tensor '" + next->name +
+                           "' at data offset " + std::to_string(next->offset) + ", expected " +
+                           std::to_string(expected) +
+                           "; the tensor's type or shape does not match the bytes stored for it");
+    }
+  }
+
+  // NaN or infinity in a weight or a block scale turns every activation downstream into NaN.
+  for (const GGUFTensorInfo& t : tensors_) {
+    const int64_t at = first_nonfinite_element(t);
+    if (at < 0) continue;
+    const GGMLTypeInfo* info = ggml_type_info(static_cast<uint32_t>(t.type));
+    std::string where = info->block_size == 1
+                            ? "at element " + std::to_string(at)
+                            : "in the scale of the " + std::string(info->name) + " block holding elements " +
+                                  std::to_string(at) + ".." + std::to_string(at + info->block_size - 1);
+    throw ModelLoadError(path_ + ": tensor '" + t.name + "' contains NaN or infinite values (" + where +
+                         "); expected finite weights, the file is corrupt");
   }
 }
 

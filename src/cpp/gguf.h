@@ -108,4 +108,9 @@ class GGUFFile {
   std::map<std::string, size_t> tensor_index_;
 };
 
+// Index of the first element of `t` that is NaN or infinite, or for a quantized type the first
+// element of the first block whose floating-point scale (d, or its min) is; -1 when none is.
+// The integer codes of quantized blocks are always finite, so they are not read.
+int64_t first_nonfinite_element(const GGUFTensorInfo& t);
+
 }  // namespace g3e

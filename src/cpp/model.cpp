@@ -261,9 +261,10 @@ Context::~Context() = default;
 
 int64_t Context::cache_slots(int64_t layer) const {
   const ModelConfig& c = model_.config();
+  // Sliding layers keep the window only: a chunk reads its own keys from the scratch buffers
+  // and is written to the ring after its attention.
   if (!c.is_sliding(layer)) return options_.n_ctx;
-  // A chunk of n_batch tokens needs the window before its first token as well as itself.
-  return std::min(options_.n_ctx, c.sliding_window + options_.n_batch);
+  return std::min(options_.n_ctx, c.sliding_window);
 }
 
 bool Context::truncate(int64_t n) {
@@ -394,7 +395,7 @@ void Context::eval_chunk(const int32_t* tokens, int64_t n, int64_t logits_from, 
     matmul(l.wk, xn_.data(), n, k_.data(), pool);
     matmul(l.wv, xn_.data(), n, v_.data(), pool);
 
-    // QK-norm per head, then RoPE at each token's position; K and V go into the cache.
+    // QK-norm per head, then RoPE at each token's position.
     const int64_t slots = cache_slots(il);
     for (int64_t t = 0; t < n; ++t) {
       const int64_t pos = n_past_ + t;
@@ -410,10 +411,14 @@ void Context::eval_chunk(const int32_t* tokens, int64_t n, int64_t logits_from, 
         rms_norm(kh, l.k_norm.data(), kh, hd);
         apply_rope(kh, hd, cos_row, sin_row);
       }
-      store_kv(il, pos % slots, &k_[t * kv_dim], &v_[t * kv_dim]);
+      // Attention reads this chunk's keys and values from k_ and v_; rounding them to the cache
+      // type first makes the result independent of how a prompt is cut into chunks.
+      round_trip_kv(&k_[t * kv_dim]);
+      round_trip_kv(&v_[t * kv_dim]);
     }
 
     attention(il, n);
+    for (int64_t t = 0; t < n; ++t) store_kv(il, (n_past_ + t) % slots, &k_[t * kv_dim], &v_[t * kv_dim]);
 
     // Output projection, post-attention norm, residual.
     matmul(l.wo, attn_.data(), n, proj_.data(), pool);
@@ -557,6 +562,25 @@ void Context::store_kv(int64_t il, int64_t slot, const float* k, const float* v)
   }
 }
 
+void Context::round_trip_kv(float* row) const {
+  const ModelConfig& c = model_.config();
+  const int64_t kv_dim = c.n_kv_heads * c.head_dim;
+  switch (options_.kv_type) {
+    case KVType::kF32:
+      break;
+    case KVType::kF16:
+      for (int64_t i = 0; i < kv_dim; ++i) row[i] = fp16_to_fp32(fp32_to_fp16(row[i]));
+      break;
+    case KVType::kInt8: {
+      std::vector<int8_t> q(static_cast<size_t>(kv_dim));
+      std::vector<float> scales(static_cast<size_t>(kv_dim / kKVBlock));
+      quantize_kv_q8(row, q.data(), scales.data(), kv_dim);
+      for (int64_t i = 0; i < kv_dim; ++i) row[i] = scales[i / kKVBlock] * static_cast<float>(q[i]);
+      break;
+    }
+  }
+}
+
 // Causal attention for the n tokens of the current chunk (positions n_past_ ..), over the
 // cache. Sliding layers see the last `sliding_window` positions, the query's own included.
 void Context::attention(int64_t il, int64_t n) {
@@ -575,9 +599,12 @@ void Context::attention(int64_t il, int64_t n) {
   const KVType kv_type = options_.kv_type;
   const VecOps& vec = vec_ops();
 
-  // Dot product of a query head with the cached key of one slot, and out += w * value.
-  auto key_dot = [&](const float* q, int64_t slot, int64_t offset) -> float {
-    const uint8_t* row = k_cache + slot * row_bytes;
+  // Dot product of a query head with the key at a position, and out += w * value. Positions of
+  // the current chunk are read from k_ / v_, earlier ones from the cache.
+  const int64_t chunk_start = n_past_;
+  auto key_dot = [&](const float* q, int64_t position, int64_t offset) -> float {
+    if (position >= chunk_start) return vec.dot(q, &k_[(position - chunk_start) * kv_dim + offset], hd);
+    const uint8_t* row = k_cache + (position % slots) * row_bytes;
     switch (kv_type) {
       case KVType::kF16: return vec.dot_f16(q, reinterpret_cast<const uint16_t*>(row) + offset, hd);
       case KVType::kInt8:
@@ -586,8 +613,12 @@ void Context::attention(int64_t il, int64_t n) {
       default: return vec.dot(q, reinterpret_cast<const float*>(row) + offset, hd);
     }
   };
-  auto add_value = [&](float w, int64_t slot, int64_t offset, float* out) {
-    const uint8_t* row = v_cache + slot * row_bytes;
+  auto add_value = [&](float w, int64_t position, int64_t offset, float* out) {
+    if (position >= chunk_start) {
+      vec.axpy(w, &v_[(position - chunk_start) * kv_dim + offset], out, hd);
+      return;
+    }
+    const uint8_t* row = v_cache + (position % slots) * row_bytes;
     switch (kv_type) {
       case KVType::kF16: vec.axpy_f16(w, reinterpret_cast<const uint16_t*>(row) + offset, out, hd); break;
       case KVType::kInt8:
@@ -612,14 +643,14 @@ void Context::attention(int64_t il, int64_t n) {
 
       // scores[j] = scale * q . k(first + j), then a softmax over the visible keys.
       for (int64_t j = 0; j < count; ++j) {
-        scores[j] = c.attention_scale * key_dot(q, (first + j) % slots, kv_offset);
+        scores[j] = c.attention_scale * key_dot(q, first + j, kv_offset);
       }
       const float max_score = vec.max(scores, count);
       const float inv_sum = 1.0f / vec.exp_shifted(scores, count, max_score);
 
       float* out = &attn_[t * q_dim + h * hd];
       std::fill(out, out + hd, 0.0f);
-      for (int64_t j = 0; j < count; ++j) add_value(scores[j] * inv_sum, (first + j) % slots, kv_offset, out);
+      for (int64_t j = 0; j < count; ++j) add_value(scores[j] * inv_sum, first + j, kv_offset, out);
     }
   });
 }

@@ -126,8 +126,8 @@ class Context {
 
   // KV cache memory in bytes (all layers).
   int64_t kv_bytes() const;
-  // Number of cache slots a layer keeps: n_ctx for global layers, window + n_batch for
-  // sliding layers (a ring buffer).
+  // Number of cache slots a layer keeps: n_ctx for global layers, the window for sliding
+  // layers (a ring buffer).
   int64_t cache_slots(int64_t layer) const;
 
   ThreadPool& pool() { return *pool_; }
@@ -146,6 +146,8 @@ class Context {
   std::unique_ptr<ThreadPool> pool_;
   int64_t n_past_ = 0;
 
+  // Rounds one position's keys or values (n_kv_heads * head_dim floats) to the cache type.
+  void round_trip_kv(float* row) const;
   // Writes the keys and values of one position (n_kv_heads * head_dim floats each) to a slot.
   void store_kv(int64_t layer, int64_t slot, const float* k, const float* v);
 

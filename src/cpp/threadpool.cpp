@@ -3,8 +3,10 @@
 // Decode calls run() about a hundred times per token with a few microseconds of work each, so
 // a mutex + condition variable round trip per call (tens of microseconds to wake a sleeping
 // thread) would dominate. Workers instead spin on an epoch counter for a while after each job
-// and only then sleep on the condition variable; the caller takes the mutex and notifies only
-// when some worker is actually asleep.
+// and only then sleep on the condition variable. The caller takes the mutex and notifies only
+// when some worker is actually asleep. run_dynamic() jobs admit workers through a ticket counter
+// tagged with the job id, so the caller can close a job to latecomers and never waits for a
+// worker the OS has not scheduled yet.
 #include "threadpool.h"
 
 #include <atomic>
