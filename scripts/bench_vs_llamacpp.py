@@ -12,9 +12,9 @@ reported as mean and standard deviation over the repetitions.
 llama.cpp side: the llama_cpp Python package (llama-cpp-python ships no llama-bench
 binary), calling llama_decode directly, with llama-bench's defaults: n_ubatch 512,
 F16 KV cache, flash attention on (llama-bench's default "auto" selects it on x86-64
-CPUs, as llama.cpp's context log shows). gemma3-edge side: gemma3_edge.bench.bench() when
-it exists (it measures the same two tests), else timed Model.logits() for pp and
-Model.generate() for tg; the output names the method used.
+CPUs, as llama.cpp's context log shows). gemma3-edge side: gemma3_edge.bench.bench(),
+which measures the same two tests, or where it is missing, timed Model.logits() for pp
+and Model.generate() for tg. The output names the method used.
 
 Usage: python scripts/bench_vs_llamacpp.py [--gguf PATH] [--threads 1 2]
        [--n-prompt 512] [--n-gen 128] [--repetitions 3] [--json]

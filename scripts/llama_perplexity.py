@@ -15,7 +15,8 @@ which its default "auto" selects on x86-64 CPUs.
 
 Usage: python scripts/llama_perplexity.py [--gguf PATH] [--n-ctx 512] [--n-chunks 40 20]
        [--threads 2] [--out tests/golden/perplexity.json]
-The first --n-chunks value is the one the test reads; all are stored.
+The JSON stores the perplexity for every --n-chunks value. Its top-level "perplexity"
+is the one for the first value, which the test reads.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 """Write the reference ("golden") outputs of Gemma 3 270M into tests/golden/.
 
 Reference: Hugging Face transformers (Gemma3ForCausalLM, eager attention) loading the
-default GGUF. gguf-py dequantizes every tensor to float32, transformers subtracts the
-+1 that GGUF folds into the RMSNorm weights, and this script then runs the model in
-float64 end to end (tests/reference_util.py patches the three float32 islands of
-transformers' Gemma 3: RMSNorm, RoPE angles, attention softmax). Outputs are stored
+default GGUF. gguf-py dequantizes every tensor to float32, and transformers subtracts
+the +1 that GGUF folds into the RMSNorm weights. This script then runs the model in
+float64 end to end, because tests/reference_util.py patches the three float32 islands
+of transformers' Gemma 3 (RMSNorm, RoPE angles, attention softmax). Outputs are stored
 as float32 except logsumexp (float64).
 
 Outputs (see tests/golden/README.md for the layout):

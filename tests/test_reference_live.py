@@ -54,16 +54,6 @@ def reference():
     return ru.load_reference_model(ru.default_model_path(), "float64")
 
 
-@pytest.fixture(scope="module")
-def model_f32():
-    return gemma3_edge.Model(path=None, n_ctx=4096, n_threads=2, precision="f32")
-
-
-@pytest.fixture(scope="module")
-def model_quantized():
-    return gemma3_edge.Model(path=None, n_ctx=4096, n_threads=2, precision="quantized")
-
-
 @pytest.fixture(scope="module", params=["short", "long"])
 def prompt(request):
     return SHORT_PROMPT if request.param == "short" else _long_prompt()
@@ -74,15 +64,15 @@ def _reference_ids(reference, text: str) -> list[int]:
     return tokenizer(text).input_ids
 
 
-def test_tokenize_matches_transformers(reference, model_f32, prompt):
+def test_tokenize_matches_transformers(reference, f32_model, prompt):
     expected = _reference_ids(reference, prompt)
-    assert model_f32.tokenize(prompt, add_bos=True, special=False) == expected
+    assert f32_model.tokenize(prompt, add_bos=True, special=False) == expected
 
 
-def test_f32_logits_match_transformers(reference, model_f32, prompt):
+def test_f32_logits_match_transformers(reference, f32_model, prompt):
     model, _ = reference
     ids = _reference_ids(reference, prompt)
-    ours = model_f32.logits(ids)
+    ours = f32_model.logits(ids)
     assert ours.shape == (len(ids), model.config.vocab_size)
 
     worst_error, worst_position = 0.0, -1
@@ -97,7 +87,7 @@ def test_f32_logits_match_transformers(reference, model_f32, prompt):
     )
 
 
-def test_quantized_top1_matches_transformers(reference, model_quantized):
+def test_quantized_top1_matches_transformers(reference, quantized_model):
     model, tokenizer = reference
     ours, expected, margins = [], [], []
     for text in (SHORT_PROMPT, _long_prompt()):
@@ -113,7 +103,7 @@ def test_quantized_top1_matches_transformers(reference, model_quantized):
                     best = np.argsort(-block[r], kind="stable")[:2]
                     expected.append(best[0])
                     margins.append(block[r, best[0]] - block[r, best[1]])
-        logits = model_quantized.logits(ids)
+        logits = quantized_model.logits(ids)
         ours.extend(logits[first:first + N_CONTINUATION].argmax(axis=1).tolist())
 
     overall, confident, n_all, n_confident = ru.top1_agreement(

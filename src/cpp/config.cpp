@@ -1,6 +1,7 @@
 #include "config.h"
 
 #include <cmath>
+#include <cstdio>
 
 #include "errors.h"
 #include "gguf.h"
@@ -26,6 +27,24 @@ int64_t checked_size(const GGUFFile& f, const std::string& key, int64_t max_valu
                          ", expected 1 to " + std::to_string(max_value));
   }
   return static_cast<int64_t>(v);
+}
+
+std::string format_number(double value) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%g", value);
+  return text;
+}
+
+// Returns the number at key (fallback when absent) after checking that it is finite and greater
+// than minimum (or at least minimum when inclusive).
+double checked_float(const GGUFFile& f, const std::string& key, double fallback, double minimum, bool inclusive) {
+  const double v = f.get_float_or(key, fallback);
+  const bool ok = std::isfinite(v) && (inclusive ? v >= minimum : v > minimum);
+  if (!ok) {
+    throw ModelLoadError(f.where() + key + " is " + format_number(v) + ", expected a finite number " +
+                         (inclusive ? ">= " : "> ") + format_number(minimum));
+  }
+  return v;
 }
 
 }  // namespace
@@ -75,40 +94,33 @@ ModelConfig read_config(const GGUFFile& f) {
   c.sliding_window = checked_size(f, p + "attention.sliding_window", kMaxContext);
   c.norm_eps = static_cast<float>(f.get_float(p + "attention.layer_norm_rms_epsilon"));
   if (!(c.norm_eps > 0.0f && c.norm_eps < 1.0f)) {
-    throw ModelLoadError(f.where() + "attention.layer_norm_rms_epsilon must be in (0, 1)");
+    throw ModelLoadError(f.where() + p + "attention.layer_norm_rms_epsilon is " + format_number(c.norm_eps) +
+                         ", expected a number in (0, 1)");
   }
 
   // query_pre_attn_scalar is not stored by llama.cpp's converter. Gemma 3 uses the head size
   // (256) everywhere except 27B, where it is d_model / n_heads = 168; llama.cpp applies the same
   // rule. Files written by our converter store it explicitly.
-  double query_scalar = static_cast<double>(c.head_dim);
-  if (f.has(p + "attention.query_pre_attn_scalar")) {
-    query_scalar = f.get_float(p + "attention.query_pre_attn_scalar");
-  } else if (c.n_layers == 62) {
-    query_scalar = static_cast<double>(c.d_model / c.n_heads);
-  }
-  if (!(query_scalar > 0)) {
-    throw ModelLoadError(f.where() + "attention.query_pre_attn_scalar must be positive");
-  }
+  double query_scalar = c.n_layers == 62 ? static_cast<double>(c.d_model / c.n_heads)
+                                          : static_cast<double>(c.head_dim);
+  query_scalar = checked_float(f, p + "attention.query_pre_attn_scalar", query_scalar, 0.0, false);
   c.attention_scale = static_cast<float>(1.0 / std::sqrt(query_scalar));
   c.embedding_scale = std::sqrt(static_cast<float>(c.d_model));
 
-  c.rope_base_global = static_cast<float>(f.get_float_or(p + "rope.freq_base", 1000000.0));
+  c.rope_base_global = static_cast<float>(checked_float(f, p + "rope.freq_base", 1000000.0, 1.0, false));
   // llama.cpp hard-codes 10,000 for Gemma 3's sliding layers; a file may state it.
-  c.rope_base_local = static_cast<float>(f.get_float_or(p + "rope.freq_base_swa", 10000.0));
+  c.rope_base_local = static_cast<float>(checked_float(f, p + "rope.freq_base_swa", 10000.0, 1.0, false));
   if (f.has(p + "rope.scaling.type")) {
     std::string type = f.get_string(p + "rope.scaling.type");
     if (type == "linear") {
-      c.rope_scale_global = static_cast<float>(f.get_float(p + "rope.scaling.factor"));
+      f.get_float(p + "rope.scaling.factor");  // required with type linear: throws when missing
+      c.rope_scale_global = static_cast<float>(checked_float(f, p + "rope.scaling.factor", 1.0, 1.0, true));
     } else if (type != "none") {
       throw ModelLoadError(f.where() + "rope.scaling.type '" + type +
                            "' is not supported (expected 'linear' or 'none')");
     }
-  } else if (f.has(p + "rope.scaling.factor")) {
-    c.rope_scale_global = static_cast<float>(f.get_float(p + "rope.scaling.factor"));
-  }
-  if (!(c.rope_scale_global >= 1.0f) || !(c.rope_base_global > 1.0f) || !(c.rope_base_local > 1.0f)) {
-    throw ModelLoadError(f.where() + "RoPE base must be > 1 and the scaling factor >= 1");
+  } else {
+    c.rope_scale_global = static_cast<float>(checked_float(f, p + "rope.scaling.factor", 1.0, 1.0, true));
   }
 
   c.layer_types.resize(c.n_layers);

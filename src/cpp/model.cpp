@@ -1,6 +1,7 @@
 #include "model.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -391,9 +392,11 @@ void Context::eval_chunk(const int32_t* tokens, int64_t n, int64_t logits_from, 
 
     // Attention block: pre-norm, Q/K/V projections.
     for (int64_t t = 0; t < n; ++t) rms_norm(&x_[t * d], l.attn_norm.data(), &xn_[t * d], d);
-    matmul(l.wq, xn_.data(), n, q_.data(), pool);
-    matmul(l.wk, xn_.data(), n, k_.data(), pool);
-    matmul(l.wv, xn_.data(), n, v_.data(), pool);
+    {
+      const PackedWeight* weights[3] = {&l.wq, &l.wk, &l.wv};
+      float* outputs[3] = {q_.data(), k_.data(), v_.data()};
+      matmul_multi(weights, outputs, 3, xn_.data(), n, pool);  // one activation rounding, one dispatch
+    }
 
     // QK-norm per head, then RoPE at each token's position.
     const int64_t slots = cache_slots(il);
@@ -431,8 +434,11 @@ void Context::eval_chunk(const int32_t* tokens, int64_t n, int64_t logits_from, 
 
     // Feed-forward block: GeGLU (tanh GELU on the gate), post-norm, residual.
     for (int64_t t = 0; t < n; ++t) rms_norm(&x_[t * d], l.ffn_norm.data(), &xn_[t * d], d);
-    matmul(l.gate, xn_.data(), n, gate_.data(), pool);
-    matmul(l.up, xn_.data(), n, up_.data(), pool);
+    {
+      const PackedWeight* weights[2] = {&l.gate, &l.up};
+      float* outputs[2] = {gate_.data(), up_.data()};
+      matmul_multi(weights, outputs, 2, xn_.data(), n, pool);
+    }
     // GELU with the tanh approximation: Gemma's hidden_activation is "gelu_pytorch_tanh".
     vec.gelu_tanh_mul(gate_.data(), up_.data(), n * c.d_ff);
     matmul(l.down, gate_.data(), n, proj_.data(), pool);
@@ -629,9 +635,12 @@ void Context::attention(int64_t il, int64_t n) {
     }
   };
 
-  pool_->run([&](int thread, int n_threads) {
+  // Tasks (token, head) are taken from a shared counter, so a thread the OS keeps off its core
+  // does not hold up the others.
+  std::atomic<int64_t> next_task{0};
+  pool_->run_dynamic([&](int thread, int) {
     float* scores = &scores_[thread * n_ctx];
-    for (int64_t task = thread; task < n_tasks; task += n_threads) {
+    for (int64_t task = next_task++; task < n_tasks; task = next_task++) {
       const int64_t t = task / c.n_heads;
       const int64_t h = task % c.n_heads;
       const int64_t pos = n_past_ + t;

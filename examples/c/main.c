@@ -1,0 +1,170 @@
+/*
+ * Streams a completion from a Gemma 3 GGUF model through the gemma3-edge C API.
+ *
+ *   gemma3_edge_generate -m gemma-3-270m-q4_k_m.gguf -n 32 "The capital of France is"
+ *
+ * Text goes to stdout as it is generated. --tokens prints the generated token ids and
+ * --stats the counts, the KV cache size and the peak resident memory (getrusage) to stderr.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "gemma3_edge.h"
+
+#define MAX_TOKENS_PRINTED 4096
+
+typedef struct stream_state {
+  int32_t tokens[MAX_TOKENS_PRINTED];
+  size_t n_tokens;
+} stream_state;
+
+static void usage(FILE* out) {
+  fprintf(out,
+          "usage: gemma3_edge_generate -m MODEL [options] PROMPT\n"
+          "  -m PATH        Gemma 3 GGUF file (default: $GEMMA3_EDGE_MODEL)\n"
+          "  -n N           maximum tokens to generate (default 64; 0: until a stop)\n"
+          "  -c N           context size in tokens, prompt included (default 2048)\n"
+          "  -t N           threads (default 0: one per CPU)\n"
+          "  --temp T       sampling temperature (default 0: greedy)\n"
+          "  --seed S       sampling seed (default 0)\n"
+          "  --tokens       print the generated token ids to stderr\n"
+          "  --stats        print token counts, KV cache bytes and peak RSS to stderr\n");
+}
+
+/* Parses a whole decimal integer in [minimum, maximum]; exits with a message otherwise. */
+static long parse_long(const char* option, const char* text, long minimum, long maximum) {
+  char* end = NULL;
+  errno = 0;
+  const long value = strtol(text, &end, 10);
+  if (errno != 0 || end == text || *end != '\0' || value < minimum || value > maximum) {
+    fprintf(stderr, "error: %s must be an integer in %ld..%ld, got '%s'\n", option, minimum, maximum, text);
+    exit(2);
+  }
+  return value;
+}
+
+static int on_token(int32_t token, const char* text, size_t text_len, void* user_data) {
+  stream_state* state = (stream_state*)user_data;
+  if (token != GEMMA3_EDGE_NO_TOKEN && state->n_tokens < MAX_TOKENS_PRINTED) {
+    state->tokens[state->n_tokens++] = token;
+  }
+  fwrite(text, 1, text_len, stdout);
+  fflush(stdout);
+  return 0; /* keep generating */
+}
+
+static void on_log(gemma3_edge_log_level level, const char* message, void* user_data) {
+  (void)user_data;
+  fprintf(stderr, "[gemma3-edge %d] %s\n", (int)level, message);
+}
+
+int main(int argc, char** argv) {
+  const char* model_path = getenv("GEMMA3_EDGE_MODEL");
+  const char* prompt = NULL;
+  long max_tokens = 64, n_ctx = 2048, n_threads = 0, seed = 0;
+  double temperature = 0.0;
+  int print_tokens = 0, print_stats = 0;
+
+  for (int i = 1; i < argc; ++i) {
+    const char* arg = argv[i];
+    const int has_value = i + 1 < argc;
+    if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
+      usage(stdout);
+      return 0;
+    } else if (strcmp(arg, "-m") == 0 && has_value) {
+      model_path = argv[++i];
+    } else if (strcmp(arg, "-n") == 0 && has_value) {
+      max_tokens = parse_long("-n", argv[++i], 0, 1000000);
+    } else if (strcmp(arg, "-c") == 0 && has_value) {
+      n_ctx = parse_long("-c", argv[++i], 1, 1 << 30);
+    } else if (strcmp(arg, "-t") == 0 && has_value) {
+      n_threads = parse_long("-t", argv[++i], 0, 1024);
+    } else if (strcmp(arg, "--temp") == 0 && has_value) {
+      char* end = NULL;
+      temperature = strtod(argv[++i], &end);
+      if (end == argv[i] || *end != '\0') {
+        fprintf(stderr, "error: --temp must be a number, got '%s'\n", argv[i]);
+        return 2;
+      }
+    } else if (strcmp(arg, "--seed") == 0 && has_value) {
+      seed = parse_long("--seed", argv[++i], 0, 2147483647L);
+    } else if (strcmp(arg, "--tokens") == 0) {
+      print_tokens = 1;
+    } else if (strcmp(arg, "--stats") == 0) {
+      print_stats = 1;
+    } else if (arg[0] == '-' && arg[1] != '\0') {
+      fprintf(stderr, "error: unknown option or missing value: %s\n", arg);
+      usage(stderr);
+      return 2;
+    } else if (prompt == NULL) {
+      prompt = arg;
+    } else {
+      fprintf(stderr, "error: more than one prompt given ('%s'); quote the prompt\n", arg);
+      return 2;
+    }
+  }
+  if (model_path == NULL || prompt == NULL) {
+    fprintf(stderr, "error: %s\n", model_path == NULL ? "no model: pass -m PATH or set GEMMA3_EDGE_MODEL"
+                                                      : "no prompt given");
+    usage(stderr);
+    return 2;
+  }
+
+  gemma3_edge_set_log_callback(on_log, NULL);
+
+  gemma3_edge_model* model = NULL;
+  gemma3_edge_status status = gemma3_edge_model_load(model_path, NULL, &model);
+  if (status != GEMMA3_EDGE_OK) {
+    fprintf(stderr, "error: %s: %s\n", gemma3_edge_status_string(status), gemma3_edge_last_error());
+    return 1;
+  }
+
+  gemma3_edge_session_params session_params = gemma3_edge_session_params_default();
+  session_params.n_ctx = (int32_t)n_ctx;
+  session_params.n_threads = (int32_t)n_threads;
+  gemma3_edge_session* session = NULL;
+  status = gemma3_edge_session_create(model, &session_params, &session);
+  if (status != GEMMA3_EDGE_OK) {
+    fprintf(stderr, "error: %s: %s\n", gemma3_edge_status_string(status), gemma3_edge_last_error());
+    gemma3_edge_model_free(model);
+    return 1;
+  }
+
+  gemma3_edge_generate_params params = gemma3_edge_generate_params_default();
+  params.max_tokens = (int32_t)max_tokens;
+  params.sampling.temperature = (float)temperature;
+  params.sampling.seed = (uint64_t)seed;
+
+  static stream_state state; /* static: 16 KiB of token ids stay off the stack */
+  gemma3_edge_generate_result result;
+  status = gemma3_edge_generate(session, prompt, &params, on_token, &state, &result);
+  fputc('\n', stdout);
+  if (status != GEMMA3_EDGE_OK) {
+    fprintf(stderr, "error: %s: %s\n", gemma3_edge_status_string(status), gemma3_edge_last_error());
+  }
+
+  if (status == GEMMA3_EDGE_OK && print_tokens) {
+    fprintf(stderr, "tokens:");
+    for (size_t i = 0; i < state.n_tokens; ++i) fprintf(stderr, " %d", (int)state.tokens[i]);
+    fputc('\n', stderr);
+  }
+  if (status == GEMMA3_EDGE_OK && print_stats) {
+    static const char* const reasons[] = {"stop", "length", "cancelled"};
+    struct rusage usage_now;
+    getrusage(RUSAGE_SELF, &usage_now);
+    fprintf(stderr, "prompt_tokens: %d\ncompletion_tokens: %d\nfinish_reason: %s\n", (int)result.prompt_tokens,
+            (int)result.completion_tokens, reasons[result.finish_reason]);
+    fprintf(stderr, "n_ctx: %ld\nkv_cache_bytes: %lld\n", n_ctx, (long long)gemma3_edge_session_kv_bytes(session));
+    /* Linux reports ru_maxrss in KiB. */
+    fprintf(stderr, "peak_rss_kib: %ld\n", (long)usage_now.ru_maxrss);
+  }
+
+  gemma3_edge_session_free(session);
+  gemma3_edge_model_free(model);
+  return status == GEMMA3_EDGE_OK ? 0 : 1;
+}

@@ -1,0 +1,219 @@
+"""Grid detection: recognise weights that already lie on a format's grid and recover its codes.
+
+Gemma 3 QAT checkpoints and dequantized GGUF files store values of the form scale * code
+(+ offset). Quantizing them again would round a second time; recovering the exact grid instead
+re-encodes them with no loss. Detection works on exact integers: every float32 of a block is an
+integer multiple of the smallest unit in last place u among its values, so the greatest common
+divisor of the (differences of the) integers gives the block's step. Each candidate grid is
+verified by evaluating the format's dequantization formula in float32 and comparing values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .formats import Format, Grid, grid_values
+from .scales import to_f16
+
+# Tried in this order; the first format whose grid reproduces every value is used.
+DETECTION_ORDER = ("Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0")
+_MAX_DIVISOR = 8  # multiples of the gcd step tried when the gcd is a multiple of the true step
+_SAMPLE_ROWS = 16
+
+
+def _units(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integers n [B, k] and units u [B] with blocks == n * u exactly, per block row."""
+    x = blocks.astype(np.float64)
+    _, exponent = np.frexp(x)
+    # ulp of a float32 with frexp exponent e is 2^(e - 24); zeros do not constrain u.
+    ulp_exp = np.where(x != 0, exponent - 24, np.iinfo(np.int32).max)
+    e_min = ulp_exp.min(axis=1)
+    e_min = np.where(e_min == np.iinfo(np.int32).max, 0, e_min)
+    u = np.ldexp(1.0, e_min)
+    n = x / u[:, None]
+    too_wide = np.abs(n).max(axis=1) >= 2.0 ** 52
+    n = np.where(too_wide[:, None], 0, n)
+    return n.astype(np.int64), np.where(too_wide, np.nan, u)
+
+
+def _is_f16(values: np.ndarray) -> np.ndarray:
+    return to_f16(values) == values.astype(np.float32)
+
+
+def _detect_symmetric(fmt: Format, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Scales [G] and codes [G, n] for groups x [G, n] on a symmetric f16-scaled grid."""
+    n, u = _units(x)
+    g = np.gcd.reduce(np.abs(n), axis=1)
+    scale = np.zeros(x.shape[0], dtype=np.float32)
+    codes = np.zeros(x.shape, dtype=np.int32)
+    solved = g == 0  # all-zero groups
+    for divisor in range(1, _MAX_DIVISOR + 1):
+        todo = ~solved & (g % divisor == 0) & np.isfinite(u)
+        if not todo.any():
+            continue
+        step = (g[todo] // divisor).astype(np.float64) * u[todo]
+        q = n[todo] // (g[todo] // divisor)[:, None]
+        for sign in (1.0, -1.0):
+            d = (sign * step).astype(np.float32)
+            qs = (q * int(sign)).astype(np.int64)
+            ok = _is_f16(d) & (d.astype(np.float64) == sign * step)
+            ok &= (qs.min(axis=1) >= fmt.qmin) & (qs.max(axis=1) <= fmt.qmax)
+            index = np.flatnonzero(todo)[ok]
+            fresh = ~solved[index]
+            index = index[fresh]
+            scale[index] = d[ok][fresh]
+            codes[index] = qs[ok][fresh]
+            solved[index] = True
+    if not solved.all():
+        return None
+    return scale, codes
+
+
+def _detect_affine_block(fmt: Format, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Q4_1 / Q5_1: value = fl(d * q) + m with f16 d and m; the minimum has code 0."""
+    lo = x.min(axis=1)
+    if not _is_f16(lo).all():
+        return None
+    shifted = (x.astype(np.float64) - lo[:, None].astype(np.float64)).astype(np.float32)
+    result = _detect_symmetric(Format("_", 0, fmt.block_size, 0, fmt.group_size, 0, fmt.qmax), shifted)
+    if result is None:
+        return None
+    scale, codes = result
+    return scale, lo.astype(np.float32), codes
+
+
+def _kquant_parameters(values: np.ndarray, levels: int, signed: bool):
+    """Factor per-sub-block values [B, k] (exact float32) as f16 d [B] times integers [B, k]."""
+    n, u = _units(values)
+    g = np.gcd.reduce(np.abs(n), axis=1)
+    d = np.zeros(values.shape[0], dtype=np.float32)
+    ints = np.zeros(values.shape, dtype=np.int64)
+    solved = g == 0
+    low = -levels - 1 if signed else 0
+    for divisor in range(1, 64):
+        todo = ~solved & (g % divisor == 0) & np.isfinite(u)
+        if not todo.any():
+            break
+        step = (g[todo] // divisor).astype(np.float64) * u[todo]
+        k = n[todo] // (g[todo] // divisor)[:, None]
+        candidate = step.astype(np.float32)
+        ok = _is_f16(candidate) & (candidate.astype(np.float64) == step)
+        ok &= (k.min(axis=1) >= low) & (k.max(axis=1) <= levels)
+        index = np.flatnonzero(todo)[ok]
+        d[index] = candidate[ok]
+        ints[index] = k[ok]
+        solved[index] = True
+    return d, ints, solved
+
+
+def _detect_kquant(fmt: Format, x: np.ndarray):
+    """Q4_K / Q5_K / Q6_K grids for super-blocks x [B, 256]."""
+    g = fmt.group_size
+    per_super = fmt.block_size // g
+    sub = x.reshape(-1, g)
+    if fmt.affine:
+        # The smallest value of a sub-block has code 0 when the block minimum is <= 0, which the
+        # K-quant quantizers guarantee by clamping the minimum at 0 from above.
+        lo = sub.min(axis=1)
+        if (lo > 0).any():
+            return None
+        shifted = (sub.astype(np.float64) - lo[:, None].astype(np.float64)).astype(np.float32)
+        n, u = _units(shifted)
+        step_units = np.gcd.reduce(n, axis=1)
+        steps = np.where(step_units > 0, step_units * u, 0).astype(np.float32)
+        d, sc, ok_d = _kquant_parameters(steps.reshape(-1, per_super), 63, signed=False)
+        dmin, mq, ok_m = _kquant_parameters((-lo).astype(np.float32).reshape(-1, per_super), 63, signed=False)
+        if not (ok_d.all() and ok_m.all()):
+            return None
+        scale = (d[:, None] * sc.astype(np.float32)).astype(np.float32).reshape(-1)
+        offset = -(dmin[:, None] * mq.astype(np.float32)).astype(np.float32).reshape(-1)
+        safe = np.where(scale == 0, 1, scale)
+        codes = np.rint((sub.astype(np.float64) - offset[:, None]) / safe[:, None])
+        if codes.min() < fmt.qmin or codes.max() > fmt.qmax:
+            return None
+        extra = {"d": d, "dmin": dmin, "sc": sc, "m": mq}
+        return scale, offset, codes.astype(np.int32), extra
+    n, u = _units(sub)
+    step_units = np.gcd.reduce(np.abs(n), axis=1)
+    steps = np.where(step_units > 0, step_units * u, 0).astype(np.float32)
+    # Step magnitudes: the int8 sub-block scale reaches 128 only as -128.
+    d, magnitude, ok_d = _kquant_parameters(steps.reshape(-1, per_super), 128, signed=False)
+    if not ok_d.all():
+        return None
+    magnitude = magnitude.reshape(-1)
+    step = (np.repeat(d, per_super) * magnitude.astype(np.float32)).astype(np.float32)
+    safe = np.where(step == 0, 1, step)
+    codes = np.rint(sub.astype(np.float64) / safe[:, None])
+    positive_ok = (magnitude <= 127) & (codes.min(axis=1) >= fmt.qmin) & (codes.max(axis=1) <= fmt.qmax)
+    negative_ok = (-codes.max(axis=1) >= fmt.qmin) & (-codes.min(axis=1) <= fmt.qmax)
+    if not (positive_ok | negative_ok).all():
+        return None
+    sign = np.where(positive_ok, 1, -1)
+    sc = (sign * magnitude).astype(np.int32)
+    codes = codes * sign[:, None]
+    scale = (np.repeat(d, per_super) * sc.astype(np.float32)).astype(np.float32)
+    extra = {"d": d, "sc": sc.reshape(-1, per_super)}
+    return scale, np.zeros_like(scale), codes.astype(np.int32), extra
+
+
+def detect_grid(fmt: Format, weights: np.ndarray) -> tuple[np.ndarray, Grid] | None:
+    """Codes and grid of `fmt` that reproduce weights [rows, cols] exactly, or None."""
+    rows, cols = weights.shape
+    if fmt.kind not in ("block", "kquant", "row") or cols % fmt.block_size:
+        return None
+    x = np.ascontiguousarray(weights, dtype=np.float32)
+    if not np.isfinite(x).all():
+        return None
+    # A cheap rejection on a few rows before the whole tensor.
+    if rows > _SAMPLE_ROWS and _detect(fmt, x[:_SAMPLE_ROWS]) is None:
+        return None
+    return _detect(fmt, x)
+
+
+def _detect(fmt: Format, x: np.ndarray) -> tuple[np.ndarray, Grid] | None:
+    rows, cols = x.shape
+    g = fmt.group_size
+    extra: dict = {}
+    if fmt.kind == "row":
+        result = _detect_symmetric(fmt, x)
+        if result is None:
+            return None
+        d, codes = result
+        scale = np.repeat(d[:, None], cols // g, axis=1)
+        offset = np.zeros_like(scale)
+    elif fmt.kind == "block" and fmt.affine:
+        result = _detect_affine_block(fmt, x.reshape(-1, g))
+        if result is None:
+            return None
+        scale, offset, codes = result
+    elif fmt.kind == "block":
+        result = _detect_symmetric(fmt, x.reshape(-1, g))
+        if result is None:
+            return None
+        scale, codes = result
+        offset = np.zeros_like(scale)
+    else:
+        result = _detect_kquant(fmt, x.reshape(-1, fmt.block_size))
+        if result is None:
+            return None
+        scale, offset, codes, extra = result
+    grid = Grid(fmt, scale.reshape(rows, cols // g), offset.reshape(rows, cols // g), extra)
+    codes = codes.reshape(rows, cols)
+    sc, off = grid.expand()
+    if not np.array_equal(grid_values(codes, sc, off, fmt), x):
+        return None
+    return codes, grid
+
+
+def find_grid(weights: np.ndarray, candidates=DETECTION_ORDER, max_bits: float | None = None):
+    """The first format in candidates (within max_bits per weight) whose grid fits exactly."""
+    from .formats import FORMATS
+
+    for name in candidates:
+        fmt = FORMATS[name]
+        if max_bits is not None and fmt.bits_per_weight > max_bits + 1e-9:
+            continue
+        found = detect_grid(fmt, weights)
+        if found is not None:
+            return found
+    return None

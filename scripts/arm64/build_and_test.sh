@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Cross-compiles the C++ core, the C++ unit tests and the C example for 64-bit Arm Linux with
+# Debian's g++-aarch64-linux-gnu, and runs them under qemu-user (qemu-aarch64):
+#   1. test_vec_ops, test_tokenizer and test_kernels (every ISA the emulated CPU has, NEON
+#      with dotprod included, against the scalar reference);
+#   2. test_c_api on the model;
+#   3. a greedy generation with the C example, once with GEMMA3_EDGE_ISA=scalar and once with
+#      the default (NEON) kernels, printed as "arm64 greedy tokens isa=NAME: ID ID ...".
+# When the gemma3_edge Python package is importable, step 3 is compared with the x86-64
+# Python API on the same settings (scalar forced on both sides, and each side's default ISA),
+# and a difference fails the script.
+#
+# Usage: scripts/arm64/build_and_test.sh [BUILD_DIR]
+# Environment: GEMMA3_EDGE_MODEL (default: gemma3_edge.default_model_path()), JOBS (default 2),
+# ARM64_GENERATE_TOKENS (default 16), ARM64_PROMPT (default "The capital of France is").
+# Needs: apt-get install g++-aarch64-linux-gnu qemu-user
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+build=${1:-${TMPDIR:-/tmp}/gemma3-edge-arm64}
+jobs=${JOBS:-2}
+n_tokens=${ARM64_GENERATE_TOKENS:-16}
+prompt=${ARM64_PROMPT:-"The capital of France is"}
+toolchain="$repo/scripts/arm64/toolchain-aarch64-linux-gnu.cmake"
+# qemu-aarch64 finds the Arm dynamic loader and libraries here.
+export QEMU_LD_PREFIX=/usr/aarch64-linux-gnu
+
+for tool in aarch64-linux-gnu-g++ qemu-aarch64 cmake; do
+  if ! command -v "$tool" >/dev/null; then
+    echo "error: $tool not found; install it with: apt-get install g++-aarch64-linux-gnu qemu-user cmake" >&2
+    exit 2
+  fi
+done
+
+model=${GEMMA3_EDGE_MODEL:-}
+if [[ -z "$model" ]]; then
+  model=$(python -c "import gemma3_edge; print(gemma3_edge.default_model_path())" 2>/dev/null || true)
+fi
+if [[ -z "$model" || ! -f "$model" ]]; then
+  echo "error: no model file; set GEMMA3_EDGE_MODEL to a Gemma 3 GGUF file" >&2
+  exit 2
+fi
+
+echo "== configure and build for aarch64 in $build"
+cmake -S "$repo" -B "$build/lib" -DCMAKE_TOOLCHAIN_FILE="$toolchain" -DGEMMA3_EDGE_PYTHON=OFF \
+  -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX="$build/prefix" >"$build.configure.log" 2>&1 ||
+  { cat "$build.configure.log"; exit 1; }
+cmake --build "$build/lib" -j "$jobs" --target test_vec_ops test_tokenizer test_kernels test_c_api \
+  gemma3_edge gemma3_edge_static
+cmake --install "$build/lib" >/dev/null
+cmake -S "$repo/examples/c" -B "$build/example" -DCMAKE_TOOLCHAIN_FILE="$toolchain" \
+  -DCMAKE_PREFIX_PATH="$build/prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$build/example" -j "$jobs"
+file "$build/example/gemma3_edge_generate" | grep -q "ARM aarch64" ||
+  { echo "error: the example is not an aarch64 executable" >&2; exit 1; }
+
+run() {
+  echo "== qemu-aarch64 $*"
+  qemu-aarch64 "$@"
+}
+
+run "$build/lib/test_vec_ops"
+run "$build/lib/test_tokenizer"
+kernels_log="$build/test_kernels.log"
+run "$build/lib/test_kernels" | tee "$kernels_log" | tail -n 3
+grep -q "^ISAs tested: scalar neon" "$kernels_log" ||
+  { echo "error: test_kernels did not test the NEON kernels (see $kernels_log)" >&2; exit 1; }
+run "$build/lib/test_c_api" "$model"
+
+# Greedy generation with the C example: n_ctx 2048, 2 threads, f32 KV cache.
+declare -A arm_tokens
+for isa in scalar default; do
+  env_args=()
+  [[ "$isa" == scalar ]] && env_args=(GEMMA3_EDGE_ISA=scalar)
+  echo "== qemu-aarch64 gemma3_edge_generate -n $n_tokens (isa=$isa)"
+  out=$(env "${env_args[@]}" qemu-aarch64 "$build/example/gemma3_edge_generate" -m "$model" -n "$n_tokens" \
+    -c 2048 -t 2 --tokens "$prompt" 2>&1)
+  echo "$out"
+  arm_tokens[$isa]=$(sed -n 's/^tokens: *//p' <<<"$out")
+  echo "arm64 greedy tokens isa=$isa: ${arm_tokens[$isa]}"
+done
+
+if python -c "import gemma3_edge" 2>/dev/null; then
+  status=0
+  for isa in scalar default; do
+    x86=$(env ${isa/default/GEMMA3_EDGE_ISA=}${isa/scalar/} python - "$model" "$n_tokens" "$prompt" <<'EOF'
+import sys
+import gemma3_edge
+model = gemma3_edge.Model(sys.argv[1], n_ctx=2048, n_threads=2)
+model.generate(sys.argv[3], max_tokens=int(sys.argv[2]), temperature=0)
+print(" ".join(str(t) for t in model.last_stats.token_ids))
+EOF
+)
+    echo "x86-64 greedy tokens isa=$isa: $x86"
+    if [[ "$x86" == "${arm_tokens[$isa]}" ]]; then
+      echo "tokens equal (isa=$isa)"
+    else
+      echo "error: arm64 and x86-64 greedy tokens differ (isa=$isa)" >&2
+      status=1
+    fi
+  done
+  exit $status
+fi
+echo "gemma3_edge Python package not importable: x86-64 comparison skipped"
