@@ -42,29 +42,49 @@ def _is_f16(values: np.ndarray) -> np.ndarray:
 
 def _detect_symmetric(fmt: Format, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Scales [G] and codes [G, n] for groups x [G, n] on a symmetric f16-scaled grid."""
-    n, u = _units(x)
-    g = np.gcd.reduce(np.abs(n), axis=1)
     scale = np.zeros(x.shape[0], dtype=np.float32)
     codes = np.zeros(x.shape, dtype=np.int32)
-    solved = g == 0  # all-zero groups
+    solved = ~x.any(axis=1)  # all-zero groups: scale 0
+    # Fast path: the extreme value has the largest code magnitude, as every reference
+    # quantizer (amax / qmax, or max / qmin) produces.
+    m = np.abs(x).max(axis=1)
+    for k in dict.fromkeys((-fmt.qmin, fmt.qmax)):
+        todo = np.flatnonzero(~solved)
+        if not len(todo):
+            break
+        for sign in (1.0, -1.0):
+            d = (sign * m[todo] / np.float32(k)).astype(np.float32)
+            safe = np.where(d == 0, 1, d)[:, None]
+            q = np.rint(x[todo] / safe)
+            ok = _is_f16(d) & (q.min(axis=1) >= fmt.qmin) & (q.max(axis=1) <= fmt.qmax)
+            ok &= ((d[:, None] * q.astype(np.float32)).astype(np.float32) == x[todo]).all(axis=1)
+            ok &= ~solved[todo]
+            scale[todo[ok]] = d[ok]
+            codes[todo[ok]] = q[ok].astype(np.int32)
+            solved[todo[ok]] = True
+    rest = np.flatnonzero(~solved)
+    if not len(rest):
+        return scale, codes
+    n, u = _units(x[rest])
+    g = np.gcd.reduce(np.abs(n), axis=1)
+    done = np.zeros(len(rest), dtype=bool)
     for divisor in range(1, _MAX_DIVISOR + 1):
-        todo = ~solved & (g % divisor == 0) & np.isfinite(u)
+        todo = ~done & (g % divisor == 0) & (g > 0) & np.isfinite(u)
         if not todo.any():
             continue
         step = (g[todo] // divisor).astype(np.float64) * u[todo]
         q = n[todo] // (g[todo] // divisor)[:, None]
-        for sign in (1.0, -1.0):
+        for sign in (1, -1):
             d = (sign * step).astype(np.float32)
-            qs = (q * int(sign)).astype(np.int64)
+            qs = q * sign
             ok = _is_f16(d) & (d.astype(np.float64) == sign * step)
             ok &= (qs.min(axis=1) >= fmt.qmin) & (qs.max(axis=1) <= fmt.qmax)
             index = np.flatnonzero(todo)[ok]
-            fresh = ~solved[index]
-            index = index[fresh]
-            scale[index] = d[ok][fresh]
-            codes[index] = qs[ok][fresh]
-            solved[index] = True
-    if not solved.all():
+            fresh = ~done[index]
+            scale[rest[index[fresh]]] = d[ok][fresh]
+            codes[rest[index[fresh]]] = qs[ok][fresh]
+            done[index[fresh]] = True
+    if not done.all():
         return None
     return scale, codes
 
@@ -82,8 +102,24 @@ def _detect_affine_block(fmt: Format, x: np.ndarray) -> tuple[np.ndarray, np.nda
     return scale, lo.astype(np.float32), codes
 
 
-def _kquant_parameters(values: np.ndarray, levels: int, signed: bool):
-    """Factor per-sub-block values [B, k] (exact float32) as f16 d [B] times integers [B, k]."""
+def _reduce_integers(k: np.ndarray, limit: int) -> np.ndarray:
+    """Divide each entry above limit by its smallest divisor that brings it to limit or below."""
+    k = k.copy()
+    for index in zip(*np.nonzero(np.abs(k) > limit)):
+        value = int(abs(k[index]))
+        for f in range(2, value + 1):
+            if value % f == 0 and value // f <= limit:
+                k[index] = np.sign(k[index]) * (value // f)
+                break
+    return k
+
+
+def _kquant_parameters(values: np.ndarray, levels: int, signed: bool, reducible: bool = False):
+    """Factor per-sub-block values [B, k] (exact float32) as f16 d [B] times integers [B, k].
+
+    reducible: the values are grid steps, and a step found as a multiple of the true one (all
+    codes of that sub-block share a factor) may be replaced by any integer fraction of it.
+    """
     n, u = _units(values)
     g = np.gcd.reduce(np.abs(n), axis=1)
     d = np.zeros(values.shape[0], dtype=np.float32)
@@ -96,6 +132,8 @@ def _kquant_parameters(values: np.ndarray, levels: int, signed: bool):
             break
         step = (g[todo] // divisor).astype(np.float64) * u[todo]
         k = n[todo] // (g[todo] // divisor)[:, None]
+        if reducible:
+            k = _reduce_integers(k, levels)
         candidate = step.astype(np.float32)
         ok = _is_f16(candidate) & (candidate.astype(np.float64) == step)
         ok &= (k.min(axis=1) >= low) & (k.max(axis=1) <= levels)
@@ -106,26 +144,70 @@ def _kquant_parameters(values: np.ndarray, levels: int, signed: bool):
     return d, ints, solved
 
 
+def _repair_kquant_mins(x: np.ndarray, scale: np.ndarray, nmax: int):
+    """f16 dmin and 6-bit mins [k] for one super-block's sub-blocks x [k, g], or None.
+
+    dmin candidates come from the gcd of the sub-block minima leaving one sub-block out (the
+    one whose smallest value has a code above 0); each sub-block then searches its 64 mins.
+    """
+    k = x.shape[0]
+    minima = (-x.min(axis=1)).astype(np.float32)
+    candidates = []
+    for left_out in range(k):
+        others = np.delete(minima, left_out)[None, :]
+        n, u = _units(others)
+        g = int(np.gcd.reduce(np.abs(n), axis=1)[0])
+        if g == 0 or not np.isfinite(u[0]):
+            continue
+        for divisor in range(1, 64):
+            if g % divisor == 0:
+                candidates.append(np.float32((g // divisor) * u[0]))
+    m_all = np.arange(64, dtype=np.float32)
+    for dmin in dict.fromkeys(candidates):
+        if to_f16(dmin) != dmin:
+            continue
+        offsets = -(dmin * m_all).astype(np.float32)  # [64]
+        chosen = np.zeros(k, dtype=np.int32)
+        for j in range(k):
+            safe = scale[j] if scale[j] != 0 else np.float32(1)
+            codes = np.rint((x[j][None, :].astype(np.float64) - offsets[:, None]) / safe)
+            inside = (codes.min(axis=1) >= 0) & (codes.max(axis=1) <= nmax)
+            values = ((scale[j] * np.clip(codes, 0, nmax).astype(np.float32)).astype(np.float32)
+                      + offsets[:, None]).astype(np.float32)
+            exact = inside & (values == x[j][None, :]).all(axis=1)
+            if not exact.any():
+                break
+            chosen[j] = int(np.argmax(exact))
+        else:
+            return dmin, chosen
+    return None
+
+
 def _detect_kquant(fmt: Format, x: np.ndarray):
     """Q4_K / Q5_K / Q6_K grids for super-blocks x [B, 256]."""
     g = fmt.group_size
     per_super = fmt.block_size // g
     sub = x.reshape(-1, g)
     if fmt.affine:
-        # The smallest value of a sub-block has code 0 when the block minimum is <= 0, which the
-        # K-quant quantizers guarantee by clamping the minimum at 0 from above.
+        # The smallest value of a sub-block usually has code 0, so its negation is the
+        # sub-block's min; blocks where that fails are repaired by a search.
         lo = sub.min(axis=1)
-        if (lo > 0).any():
-            return None
         shifted = (sub.astype(np.float64) - lo[:, None].astype(np.float64)).astype(np.float32)
         n, u = _units(shifted)
         step_units = np.gcd.reduce(n, axis=1)
         steps = np.where(step_units > 0, step_units * u, 0).astype(np.float32)
-        d, sc, ok_d = _kquant_parameters(steps.reshape(-1, per_super), 63, signed=False)
-        dmin, mq, ok_m = _kquant_parameters((-lo).astype(np.float32).reshape(-1, per_super), 63, signed=False)
-        if not (ok_d.all() and ok_m.all()):
+        d, sc, ok_d = _kquant_parameters(steps.reshape(-1, per_super), 63, signed=False, reducible=True)
+        if not ok_d.all():
             return None
         scale = (d[:, None] * sc.astype(np.float32)).astype(np.float32).reshape(-1)
+        dmin, mq, ok_m = _kquant_parameters((-lo).astype(np.float32).reshape(-1, per_super), 63, signed=False)
+        for b in np.flatnonzero(~ok_m):
+            # Some sub-block's smallest value has a code above 0; search its 6-bit min.
+            rows = slice(b * per_super, (b + 1) * per_super)
+            repaired = _repair_kquant_mins(sub[rows], scale[rows], fmt.qmax)
+            if repaired is None:
+                return None
+            dmin[b], mq[b] = repaired
         offset = -(dmin[:, None] * mq.astype(np.float32)).astype(np.float32).reshape(-1)
         safe = np.where(scale == 0, 1, scale)
         codes = np.rint((sub.astype(np.float64) - offset[:, None]) / safe[:, None])
@@ -137,22 +219,35 @@ def _detect_kquant(fmt: Format, x: np.ndarray):
     step_units = np.gcd.reduce(np.abs(n), axis=1)
     steps = np.where(step_units > 0, step_units * u, 0).astype(np.float32)
     # Step magnitudes: the int8 sub-block scale reaches 128 only as -128.
-    d, magnitude, ok_d = _kquant_parameters(steps.reshape(-1, per_super), 128, signed=False)
+    d, magnitude, ok_d = _kquant_parameters(steps.reshape(-1, per_super), 128, signed=False, reducible=True)
     if not ok_d.all():
         return None
     magnitude = magnitude.reshape(-1)
     step = (np.repeat(d, per_super) * magnitude.astype(np.float32)).astype(np.float32)
     safe = np.where(step == 0, 1, step)
     codes = np.rint(sub.astype(np.float64) / safe[:, None])
-    positive_ok = (magnitude <= 127) & (codes.min(axis=1) >= fmt.qmin) & (codes.max(axis=1) <= fmt.qmax)
-    negative_ok = (-codes.max(axis=1) >= fmt.qmin) & (-codes.min(axis=1) <= fmt.qmax)
-    if not (positive_ok | negative_ok).all():
+    # The signed product d * sc carries the sign of the step. With d > 0, sc = +k needs
+    # k <= 127 and codes in range, sc = -k needs the negated codes in range; with d < 0 the
+    # roles swap. The sign of d is chosen per super-block so that every sub-block fits.
+    fits = (codes.min(axis=1) >= fmt.qmin) & (codes.max(axis=1) <= fmt.qmax)
+    fits_negated = (-codes.max(axis=1) >= fmt.qmin) & (-codes.min(axis=1) <= fmt.qmax)
+    small = magnitude <= 127
+    # Per sub-block: sc sign = +1 keeps codes when d > 0; with d < 0, sc = -k keeps them.
+    ok_d_positive = (small & fits) | fits_negated
+    ok_d_negative = fits | (small & fits_negated)
+    use_negative = ~ok_d_positive.reshape(-1, per_super).all(axis=1)
+    if not np.where(use_negative, ok_d_negative.reshape(-1, per_super).all(axis=1), True).all():
         return None
-    sign = np.where(positive_ok, 1, -1)
-    sc = (sign * magnitude).astype(np.int32)
-    codes = codes * sign[:, None]
+    d_sign = np.where(use_negative, -1, 1)
+    negative = np.repeat(use_negative, per_super)
+    keep_codes = np.where(negative, fits, small & fits)
+    sc = np.where(keep_codes, 1, -1) * np.repeat(d_sign, per_super) * magnitude
+    codes = codes * np.where(keep_codes, 1, -1)[:, None]
+    d = (d * d_sign).astype(np.float32)
     scale = (np.repeat(d, per_super) * sc.astype(np.float32)).astype(np.float32)
-    extra = {"d": d, "sc": sc.reshape(-1, per_super)}
+    if sc.min() < -128 or sc.max() > 127:
+        return None
+    extra = {"d": d, "sc": sc.astype(np.int32).reshape(-1, per_super)}
     return scale, np.zeros_like(scale), codes.astype(np.int32), extra
 
 

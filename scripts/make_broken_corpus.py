@@ -467,7 +467,7 @@ def case_specs() -> list[CaseSpec]:
     add("empty_file", "a 0-byte file", one(lambda s: Blob(b"", 0)), [r"file is 0 bytes, too small for a GGUF header"])
     add("magic_only", "only the 4-byte magic", one(lambda s: Blob(b"GGUF", 4)), [r"4 bytes, too small"])
     for version in [0, 1, 4, 0x03000000, U64_MAX >> 32]:
-        add(f"version_{version:x}", f"GGUF version {version}", with_header_field(tiny, 4, "<I", version),
+        add(f"version_{version}", f"GGUF version {version}", with_header_field(tiny, 4, "<I", version),
             [rf"GGUF version {version} is not supported \(expected 2 or 3\)"])
     add("version_2", "GGUF version 2, whose layout equals version 3 for little-endian files",
         with_header_field(tiny, 4, "<I", 2), loads=True)
@@ -524,7 +524,7 @@ def case_specs() -> list[CaseSpec]:
 
     # Value and element types: unknown, nested, wrong for the key.
     for vtype in [13, 0xFFFFFFFF]:
-        add(f"value_type_{vtype:x}", f"general.name of value type {vtype}",
+        add(f"value_type_{vtype}", f"general.name of value type {vtype}",
             mutate(tiny, lambda l, v=vtype: setattr(l.kv("general.name"), "vtype", v)),
             [rf"metadata key 'general\.name' has unknown value type {vtype} \(expected 0-12\)"])
     add("array_element_type_unknown", "tokenizer.ggml.scores as an array of element type 13",
@@ -629,7 +629,7 @@ def case_specs() -> list[CaseSpec]:
 
     # Shapes.
     for n_dims in [0, 5, 0xFFFFFFFF]:
-        add(f"n_dims_{n_dims:x}", f"token_embd.weight with {n_dims} dimensions",
+        add(f"n_dims_{n_dims}", f"token_embd.weight with {n_dims} dimensions",
             patch_tensor_entry(tiny, "token_embd.weight", "<I", n_dims, extra=8 + 17),
             [rf"tensor 'token_embd\.weight' has {n_dims} dimensions \(expected 1 to 4\)"])
     add("dimension_zero", "a dimension of 0",
@@ -656,7 +656,7 @@ def case_specs() -> list[CaseSpec]:
 
     # Tensor types: unknown, unsupported, not matching the bytes stored.
     for ggml_type in [4, 5, 20, 31, 39, 0xFFFFFFFF]:
-        add(f"tensor_type_{ggml_type:x}", f"output_norm.weight of ggml type {ggml_type}",
+        add(f"tensor_type_{ggml_type}", f"output_norm.weight of ggml type {ggml_type}",
             mutate(tiny, lambda l, g=ggml_type: setattr(l.tensor("output_norm.weight"), "ggml_type", g)),
             [rf"tensor 'output_norm\.weight' has unknown ggml type {ggml_type}"])
     add("tensor_type_block_mismatch", "a 64-element vector declared q4_K (256-element blocks)",

@@ -373,7 +373,7 @@ def write_model(out_dir: str | Path, weight_type=None, vision_weight_type=None,
 # Test images (numpy and Pillow) ---------------------------------------------------------------
 
 
-def test_images() -> dict:
+def sample_images() -> dict:
     """Deterministic synthetic images: smooth colour fields with edges, in sizes that cover a
     square, a wide and a tall image (both wide enough for Pan & Scan), an RGBA and a grayscale
     image."""
@@ -406,11 +406,16 @@ CASES = [
     ("pan_and_scan", "what is in <start_of_image> here?", ["wide"], True),
     ("pan_and_scan_tall", "<start_of_image> and <start_of_image>", ["tall", "square"], True),
 ]
-# Goldens keep the logits of every 5th position and of the last one, every 61st row of the vision
+# Goldens keep the logits of every 9th position and of the last one, every 61st row of the vision
 # tower's output (a prime stride, so rows of every patch column are kept) and every 4th soft token.
-LOGIT_ROW_STRIDE = 5
+LOGIT_ROW_STRIDE = 9
 TOWER_ROW_STRIDE = 61
 SOFT_TOKEN_STRIDE = 4
+
+
+# Gemma3Processor's defaults for the Pan & Scan options (transformers 5.25, processing_gemma3.py).
+PAN_AND_SCAN_DEFAULTS = {"pan_and_scan_min_crop_size": 256, "pan_and_scan_max_num_crops": 4,
+                         "pan_and_scan_min_ratio_to_activate": 1.2}
 
 
 def _patch_float64() -> None:
@@ -546,7 +551,7 @@ def make_goldens(out_dir: Path, threads: int) -> None:
     model32 = hf_model(weights)
     _patch_float64()
     model64 = hf_model(weights).to(torch.float64)
-    images = test_images()
+    images = sample_images()
     arrays: dict[str, np.ndarray] = {}
     meta = {"cases": [], "weights_sha256": weights_digest(weights), "seed": SEED,
             "text_config": TEXT_CONFIG, "vision_config": VISION_CONFIG,
@@ -579,7 +584,10 @@ def make_goldens(out_dir: Path, threads: int) -> None:
         pixel_array = pixels.numpy().astype(np.float32)
         arrays[f"{name}/ids"] = ids.numpy().astype(np.int32)
         arrays[f"{name}/token_type_ids"] = inputs["token_type_ids"][0].numpy().astype(np.int8)
-        arrays[f"{name}/num_crops"] = np.asarray(inputs.get("num_crops", [[0] * len(image_names)])).reshape(-1)
+        # Gemma3Processor drops num_crops from its output, so ask its image processor.
+        crops = processor.image_processor([images[n] for n in image_names], do_pan_and_scan=pan_and_scan,
+                                          **PAN_AND_SCAN_DEFAULTS)["num_crops"]
+        arrays[f"{name}/num_crops"] = np.asarray(crops, np.int32).reshape(-1)
         # Pixel values are (level / 255 - mean) / std for uint8 levels: the levels are stored, and
         # the sha256 of the float32 values checks the arithmetic bit for bit.
         levels = np.rint((pixel_array * np.float32(IMAGE_STD[0]) + np.float32(IMAGE_MEAN[0])) * 255.0)

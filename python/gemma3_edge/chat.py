@@ -216,7 +216,19 @@ def chat_token_ids(
     control_ids = {BOS_TOKEN: model.config["bos_id"]}
     ids: list[int] = []
     text = ""
+    previous = None
     for segment in segments:
+        after_model_header = previous is not None and previous.kind == "template" and previous.text == "model\n"
+        previous = segment
+        if segment.kind == "content" and after_model_header:
+            # A reply this model generated keeps its generated tokens, so the cache holding them
+            # is reused; "model\n" ends in a user-defined piece, so splitting there changes nothing.
+            generated = model.reply_tokens(segment.text)
+            if generated is not None:
+                ids += model.tokenize(text, add_bos=False, special=parse_special) if text else []
+                ids += generated
+                text = ""
+                continue
         if segment.kind != "control":
             text += segment.text
             continue

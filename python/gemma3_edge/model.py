@@ -128,6 +128,9 @@ class Model:
         self._context = _core.Context(self._model, n_ctx, n_batch, n_threads, kv_type)
         self._lock = threading.RLock()
         self._cached_tokens: list[int] = []  # the tokens whose keys and values the context holds
+        # Recent generated replies (stripped text -> token ids), so a chat prompt that quotes a reply
+        # uses the tokens that were generated and keeps the cache, rather than a re-tokenization.
+        self._reply_tokens: dict[str, list[int]] = {}
         self.last_stats = GenerationStats()
 
     # Properties -------------------------------------------------------------------------------
@@ -473,6 +476,7 @@ class Model:
                 # The cache holds the first n_past tokens of what was fed to it, however this
                 # ended (a stop, an error, Ctrl-C, or the caller closing the stream early).
                 self._cached_tokens = history[: context.n_past]
+                self._remember_reply(stats.token_ids)
             stats.completion_seconds = time.perf_counter() - started
             pending += decoder.flush()
             if stops:
@@ -483,6 +487,31 @@ class Model:
             if pending:
                 yield pending
 
+
+    _MAX_REMEMBERED_REPLIES = 32
+
+    def _remember_reply(self, ids: list[int]) -> None:
+        """Remember the ids of a generated reply under its stripped text (the chat template strips
+        message content), without whitespace-only tokens at either end."""
+        start, end = 0, len(ids)
+        while start < end and not self.detokenize(ids[start : start + 1]).strip():
+            start += 1
+        while end > start and not self.detokenize(ids[end - 1 : end]).strip():
+            end -= 1
+        core = ids[start:end]
+        text = self.detokenize(core)
+        if not core or text != text.strip() or "\ufffd" in text:
+            return
+        self._reply_tokens.pop(text, None)
+        self._reply_tokens[text] = core
+        while len(self._reply_tokens) > self._MAX_REMEMBERED_REPLIES:
+            self._reply_tokens.pop(next(iter(self._reply_tokens)))
+
+    def reply_tokens(self, text: str) -> list[int] | None:
+        """Token ids generated for a recent reply whose stripped text is text, or None."""
+        with self._lock:
+            ids = self._reply_tokens.get(text)
+            return list(ids) if ids is not None else None
 
     def _reuse_prefix(self, ids: list[int]) -> int:
         """Keep the longest cached prefix of ids and return its length (0: start afresh).

@@ -42,16 +42,17 @@ if [[ -z "$model" || ! -f "$model" ]]; then
 fi
 
 echo "== configure and build for aarch64 in $build"
+mkdir -p "$build"
 cmake -S "$repo" -B "$build/lib" -DCMAKE_TOOLCHAIN_FILE="$toolchain" -DGEMMA3_EDGE_PYTHON=OFF \
-  -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX="$build/prefix" >"$build.configure.log" 2>&1 ||
-  { cat "$build.configure.log"; exit 1; }
+  -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX="$build/prefix" >"$build/configure.log" 2>&1 ||
+  { cat "$build/configure.log"; exit 1; }
 cmake --build "$build/lib" -j "$jobs" --target test_vec_ops test_tokenizer test_kernels test_c_api \
   gemma3_edge gemma3_edge_static
 cmake --install "$build/lib" >/dev/null
 cmake -S "$repo/examples/c" -B "$build/example" -DCMAKE_TOOLCHAIN_FILE="$toolchain" \
   -DCMAKE_PREFIX_PATH="$build/prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$build/example" -j "$jobs"
-file "$build/example/gemma3_edge_generate" | grep -q "ARM aarch64" ||
+aarch64-linux-gnu-readelf -h "$build/example/gemma3_edge_generate" | grep -q "Machine: *AArch64" ||
   { echo "error: the example is not an aarch64 executable" >&2; exit 1; }
 
 run() {
@@ -67,13 +68,17 @@ grep -q "^ISAs tested: scalar neon" "$kernels_log" ||
   { echo "error: test_kernels did not test the NEON kernels (see $kernels_log)" >&2; exit 1; }
 run "$build/lib/test_c_api" "$model"
 
+# "scalar" forces the scalar kernels; "default" lets each CPU pick its fastest ISA.
+isa_env() {
+  if [[ "$1" == scalar ]]; then echo "GEMMA3_EDGE_ISA=scalar"; else echo "-u GEMMA3_EDGE_ISA"; fi
+}
+
 # Greedy generation with the C example: n_ctx 2048, 2 threads, f32 KV cache.
 declare -A arm_tokens
 for isa in scalar default; do
-  env_args=()
-  [[ "$isa" == scalar ]] && env_args=(GEMMA3_EDGE_ISA=scalar)
   echo "== qemu-aarch64 gemma3_edge_generate -n $n_tokens (isa=$isa)"
-  out=$(env "${env_args[@]}" qemu-aarch64 "$build/example/gemma3_edge_generate" -m "$model" -n "$n_tokens" \
+  # shellcheck disable=SC2046  # isa_env returns words for env
+  out=$(env $(isa_env "$isa") qemu-aarch64 "$build/example/gemma3_edge_generate" -m "$model" -n "$n_tokens" \
     -c 2048 -t 2 --tokens "$prompt" 2>&1)
   echo "$out"
   arm_tokens[$isa]=$(sed -n 's/^tokens: *//p' <<<"$out")
@@ -83,7 +88,8 @@ done
 if python -c "import gemma3_edge" 2>/dev/null; then
   status=0
   for isa in scalar default; do
-    x86=$(env ${isa/default/GEMMA3_EDGE_ISA=}${isa/scalar/} python - "$model" "$n_tokens" "$prompt" <<'EOF'
+    # shellcheck disable=SC2046
+    x86=$(env $(isa_env "$isa") python - "$model" "$n_tokens" "$prompt" <<'EOF'
 import sys
 import gemma3_edge
 model = gemma3_edge.Model(sys.argv[1], n_ctx=2048, n_threads=2)

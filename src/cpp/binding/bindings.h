@@ -9,5 +9,6 @@ void bind_kernels(pybind11::module_& m);
 void bind_tokenizer(pybind11::module_& m);
 void bind_model(pybind11::module_& m);
 void bind_vec(pybind11::module_& m);
+void bind_vision(pybind11::module_& m);
 
 }  // namespace g3e::binding

@@ -6,4 +6,5 @@ PYBIND11_MODULE(_core, m) {
   g3e::binding::bind_tokenizer(m);
   g3e::binding::bind_model(m);
   g3e::binding::bind_vec(m);
+  g3e::binding::bind_vision(m);
 }
