@@ -148,7 +148,8 @@ def _repair_kquant_mins(x: np.ndarray, scale: np.ndarray, nmax: int):
     """f16 dmin and 6-bit mins [k] for one super-block's sub-blocks x [k, g], or None.
 
     dmin candidates come from the gcd of the sub-block minima leaving one sub-block out (the
-    one whose smallest value has a code above 0); each sub-block then searches its 64 mins.
+    one whose smallest value has a code above 0), then from each minimum divided by 63 .. 1;
+    each sub-block then searches its 64 mins.
     """
     k = x.shape[0]
     minima = (-x.min(axis=1)).astype(np.float32)
@@ -162,8 +163,13 @@ def _repair_kquant_mins(x: np.ndarray, scale: np.ndarray, nmax: int):
         for divisor in range(1, 64):
             if g % divisor == 0:
                 candidates.append(np.float32((g // divisor) * u[0]))
+    # When several sub-blocks have their minimum above code 0: any sub-block minimum with
+    # code 0 is dmin times its 6-bit min, and the largest is usually stored as 63.
+    for m in range(63, 0, -1):
+        candidates.extend((minima[minima > 0] / np.float32(m)).astype(np.float32).tolist())
     m_all = np.arange(64, dtype=np.float32)
     for dmin in dict.fromkeys(candidates):
+        dmin = np.float32(dmin)
         if to_f16(dmin) != dmin:
             continue
         offsets = -(dmin * m_all).astype(np.float32)  # [64]

@@ -299,14 +299,15 @@ def _hf_vision_name(name: str) -> str | None:
 
 def write_mmproj_gguf(path: str | Path, tensors: dict[str, np.ndarray], vision_config: dict, text_hidden_size: int,
                       mm_tokens_per_image: int = 256, image_mean=IMAGE_MEAN, image_std=IMAGE_STD,
-                      weight_type=None) -> Path:
+                      weight_type=None, projection_type="F16") -> Path:
     """Write the vision tower and projector of a Gemma3ForConditionalGeneration checkpoint as a
     llama.cpp mmproj file.
 
     tensors maps transformers names to float32 arrays; other tensors are skipped. As llama.cpp
     does: the soft-token RMSNorm weight is stored as 1 + w, the patch and position embeddings
-    stay F32 and the input projection F16. weight_type (None: F32) applies to the other
-    matrices whose rows split into whole blocks; biases and norms stay F32.
+    stay F32 and the input projection is F16 (projection_type, "F16" or "F32"). weight_type
+    (None: F32) applies to the other matrices whose rows split into whole blocks; biases and
+    norms stay F32.
     """
     import gguf
 
@@ -347,7 +348,7 @@ def write_mmproj_gguf(path: str | Path, tensors: dict[str, np.ndarray], vision_c
         elif ours.startswith(("v.patch_embd", "v.position_embd")) or data.ndim == 1:
             _add(writer, ours, data)
         elif ours == "mm.input_projection.weight":
-            _add(writer, ours, data, gguf.GGMLQuantizationType.F16)
+            _add(writer, ours, data, gguf.GGMLQuantizationType[projection_type])
         else:
             _add(writer, ours, data, weight_type)
     writer.write_header_to_file()
@@ -357,16 +358,21 @@ def write_mmproj_gguf(path: str | Path, tensors: dict[str, np.ndarray], vision_c
     return Path(path)
 
 
-def write_model(out_dir: str | Path, weight_type=None, vision_weight_type=None,
-                seed: int = SEED) -> tuple[Path, Path]:
-    """Write tiny-gemma3-vision.gguf and tiny-gemma3-vision-mmproj.gguf into out_dir and return
-    their paths."""
+def write_model(out_dir: str | Path, weight_type=None, vision_weight_type=None, projection_type: str = "F32",
+                seed: int = SEED, suffix: str = "") -> tuple[Path, Path]:
+    """Write tiny-gemma3-vision{suffix}.gguf and tiny-gemma3-vision{suffix}-mmproj.gguf into
+    out_dir and return their paths.
+
+    The input projection is F32 by default (llama.cpp writes F16), so that the default files
+    hold the goldens' weights exactly.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = make_weights(seed)
-    text = write_text_gguf(out_dir / "tiny-gemma3-vision.gguf", weights, weight_type)
-    mmproj = write_mmproj_gguf(out_dir / "tiny-gemma3-vision-mmproj.gguf", weights, VISION_CONFIG,
-                               TEXT_CONFIG["hidden_size"], MM_TOKENS_PER_IMAGE, weight_type=vision_weight_type)
+    text = write_text_gguf(out_dir / f"tiny-gemma3-vision{suffix}.gguf", weights, weight_type)
+    mmproj = write_mmproj_gguf(out_dir / f"tiny-gemma3-vision{suffix}-mmproj.gguf", weights, VISION_CONFIG,
+                               TEXT_CONFIG["hidden_size"], MM_TOKENS_PER_IMAGE, weight_type=vision_weight_type,
+                               projection_type=projection_type)
     return text, mmproj
 
 

@@ -19,6 +19,7 @@ IMAGE_CHAT = [{"role": "user", "content": [{"type": "image_url", "image_url": {"
 # string or a float passes silently or fails with a message that does not name the argument.
 # Proposed fix: check each with a helper like _check_int ("temperature must be a number, got str").
 LAX_NUMBERS = "model.py _generate() calls float()/int() on sampling arguments, so a str/float is converted silently or fails without naming the argument"
+LAX_PROMPT = "model.py _prepare_prompt() iterates any non-text prompt, so None or 5 fails with \"'int' object is not iterable\""
 LAX_TOKEN_IDS = "model.py _prepare_prompt() and logits() call int() on each token id, so 1.5 becomes 1 and '7' becomes 7 silently"
 
 
@@ -86,7 +87,7 @@ GENERATE_CASES = [
     ("stop_empty_string", generate(stop=""), None, None),  # documented: empty stop strings are ignored
     ("logprobs_negative", generate(logprobs=-1), ValueError, r"logprobs must be >= 0, got -1"),
     ("logprobs_string", generate(logprobs="3"), TypeError, r"logprobs must be an integer, got str"),
-    ("prompt_empty_text", generate(prompt=""), ValueError, r"prompt is empty"),
+    ("prompt_empty_text", generate(prompt=""), None, None),  # text is encoded with BOS: generates from BOS alone
     ("prompt_empty_ids", generate(prompt=[]), ValueError, r"prompt is empty"),
     ("prompt_id_negative", generate(prompt=[2, -1]), ValueError, r"prompt token id -1 is outside the vocabulary"),
     ("prompt_id_vocab", generate(prompt=[2, 262144]), ValueError, r"prompt token id 262144 is outside the vocabulary"),
@@ -95,8 +96,6 @@ GENERATE_CASES = [
     ("prompt_ids_fill_context", generate(prompt=[2] * N_CTX), ValueError, r"prompt has 256 tokens"),
     ("prompt_invalid_utf8", generate(prompt=b"\xff\xfe caf\xc3"), None, None),  # documented: byte pieces
     ("prompt_lone_surrogate", generate(prompt="abc\ud800def"), ValueError, r"lone surrogate at index 3"),
-    ("prompt_none", generate(prompt=None), TypeError, r"prompt"),
-    ("prompt_int", generate(prompt=5), TypeError, r"prompt"),
     ("special_control_text", generate(prompt="<start_of_turn>user\nHi", special=True), None, None),
 ]
 
@@ -107,6 +106,8 @@ LAX_CASES = [
     ("top_k_huge", generate(top_k=2**40), ValueError, r"top_k", LAX_NUMBERS),
     ("prompt_id_float", generate(prompt=[2, 1.5]), TypeError, r"token id", LAX_TOKEN_IDS),
     ("prompt_id_string", generate(prompt=[2, "7"]), TypeError, r"token id", LAX_TOKEN_IDS),
+    ("prompt_none", generate(prompt=None), TypeError, r"prompt must be", LAX_PROMPT),
+    ("prompt_int", generate(prompt=5), TypeError, r"prompt must be", LAX_PROMPT),
 ]
 
 CHAT_CASES = [

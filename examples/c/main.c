@@ -144,6 +144,7 @@ int main(int argc, char** argv) {
   gemma3_edge_generate_result result;
   status = gemma3_edge_generate(session, prompt, &params, on_token, &state, &result);
   fputc('\n', stdout);
+  fflush(stdout); /* before the stderr lines below, for readers of both streams */
   if (status != GEMMA3_EDGE_OK) {
     fprintf(stderr, "error: %s: %s\n", gemma3_edge_status_string(status), gemma3_edge_last_error());
   }

@@ -17,6 +17,7 @@ import numpy as np
 
 from gemma3_edge import _core
 from gemma3_edge._default_model import default_model_path
+from gemma3_edge.vision import MultimodalPrompt
 
 ModelLoadError = _core.ModelLoadError
 
@@ -76,6 +77,11 @@ class GenerationStats:
     # With generate(logprobs=N): per completion token (id, log-probability, [(id, log-probability)]
     # of the N most likely tokens), from the model's log-softmax before any sampling transform.
     logprobs: list[tuple[int, float, list[tuple[int, float]]]] | None = None
+    # Images in the prompt: seconds spent encoding them (preprocessing included), and how many
+    # images or crops were encoded and how many came from the image cache.
+    image_seconds: float = 0.0
+    images_encoded: int = 0
+    images_cached: int = 0
 
     @property
     def prompt_tokens_per_second(self) -> float:
@@ -106,6 +112,7 @@ class Model:
         precision: str = "quantized",
         kv_type: str = "f32",
         verbose: bool = False,
+        mmproj: str | os.PathLike | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -132,6 +139,23 @@ class Model:
         # uses the tokens that were generated and keeps the cache, rather than a re-tokenization.
         self._reply_tokens: dict[str, list[int]] = {}
         self.last_stats = GenerationStats()
+        # The vision tower (a llama.cpp mmproj file) for image input; None for text only.
+        self._vision = None
+        if mmproj is not None:
+            from gemma3_edge.vision import VisionEncoder
+
+            self._vision = VisionEncoder(mmproj, precision, n_threads)
+            vision = self._vision.config
+            if vision["projection_dim"] != self.config["d_model"]:
+                raise ValueError(
+                    f"{mmproj} projects images to width {vision['projection_dim']}, but {self.path.name} has "
+                    f"d_model {self.config['d_model']}; use the vision file made for this model"
+                )
+            if self._context.n_batch < vision["n_tokens"]:
+                raise ValueError(
+                    f"n_batch {n_batch} is smaller than one image ({vision['n_tokens']} tokens), whose tokens "
+                    f"must be evaluated together; pass n_batch >= {vision['n_tokens']}"
+                )
 
     # Properties -------------------------------------------------------------------------------
 
@@ -166,6 +190,11 @@ class Model:
     def kv_cache_bytes(self, n_ctx: int, kv_type: str) -> int:
         """KV cache size for a context of n_ctx positions (see kv_cache_bytes_for_config)."""
         return kv_cache_bytes_for_config(self.config, n_ctx, kv_type)
+
+    @property
+    def has_vision(self) -> bool:
+        """True when a vision tower (mmproj file) is loaded, so prompts may hold images."""
+        return self._vision is not None
 
     @property
     def stop_token_ids(self) -> tuple[int, ...]:
@@ -237,6 +266,9 @@ class Model:
         prompt, a document) is computed once. The file is written to a temporary name in the same
         folder and renamed, so an interrupted save never leaves a partial file at path."""
         path = Path(path)
+        if any(token < 0 for token in self._cached_tokens):
+            raise ValueError("the cache holds image tokens, which state files cannot store; save the state "
+                             "of a text-only prompt")
         with self._lock:
             header = json.dumps({
                 "tokens": self._cached_tokens,
@@ -346,6 +378,8 @@ class Model:
         stream: bool = False,
         special: bool = False,
         logprobs: int | None = None,
+        images: Sequence | None = None,
+        pan_and_scan: bool | dict = False,
     ) -> str | Iterator[str]:
         """Generate a continuation of prompt (text, or token ids used as given).
 
@@ -355,7 +389,14 @@ class Model:
         iterator of text pieces; each piece is whole UTF-8 characters. self.last_stats has the
         token counts, finish reason and timings afterwards. logprobs=N (N >= 0) also records each
         completion token's log-probability and the N most likely alternatives in last_stats.logprobs.
+
+        images (file paths, bytes, base64 data URLs or PIL images) need a model loaded with
+        mmproj=; each "<start_of_image>" in a text prompt marks where the next image goes (none:
+        all images at the start). pan_and_scan=True (or a dict of gemma3_edge.vision.PanAndScan
+        options) adds crops of wide or tall images as transformers' Gemma 3 processor does.
         """
+        if images is not None:
+            prompt = self.image_prompt(prompt, images, pan_and_scan=pan_and_scan, special=special)
         pieces = self._generate(prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, special,
                                 logprobs)
         if stream:
@@ -386,8 +427,28 @@ class Model:
 
         return chat.create_completion(self, prompt, **kwargs)
 
-    def _prepare_prompt(self, prompt: str | Sequence[int], special: bool) -> list[int]:
-        if isinstance(prompt, (str, bytes)):
+    def image_prompt(self, prompt: str, images: Sequence, pan_and_scan: bool | dict = False, special: bool = False):
+        """Tokenize a text prompt with images and encode the images (see generate()); returns a
+        gemma3_edge.vision.MultimodalPrompt that generate() takes as its prompt."""
+        from gemma3_edge import vision
+
+        if self._vision is None:
+            raise ValueError(
+                f"{self.path.name} was loaded without a vision tower, so it cannot take images; load the "
+                "model's vision projector with Model(path, mmproj=MMPROJ_GGUF) (Gemma 3 270M and 1B are text-only)"
+            )
+        if not isinstance(prompt, str):
+            raise TypeError(f"a prompt with images must be text, got {type(prompt).__name__}")
+        if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
+            images = [images]
+        options = vision.parse_pan_and_scan(pan_and_scan)
+        segments, pixels = vision.split_prompt(prompt, images, self._vision, options)
+        return vision.build_prompt(self, segments, pixels, special=special)
+
+    def _prepare_prompt(self, prompt, special: bool) -> list[int]:
+        if isinstance(prompt, MultimodalPrompt):
+            ids = list(prompt.ids)  # tokenized already
+        elif isinstance(prompt, (str, bytes)):
             ids = self.tokenize(prompt, add_bos=True, special=special)
         else:
             ids = [int(i) for i in prompt]
@@ -418,12 +479,19 @@ class Model:
             repeat_penalty=float(repeat_penalty), seed=seed,
         )
         ids = self._prepare_prompt(prompt, special)
+        multimodal = prompt if isinstance(prompt, MultimodalPrompt) else None
         # Validation happens above, before the generator starts, so bad arguments raise at the call.
-        return self._run(ids, max_tokens, sampler, stops, logprobs)
+        return self._run(ids, max_tokens, sampler, stops, logprobs, multimodal)
 
     def _run(self, ids: list[int], max_tokens: int | None, sampler, stops: list[str],
-             logprobs: int | None = None) -> Iterator[str]:
+             logprobs: int | None = None, multimodal=None) -> Iterator[str]:
         stats = GenerationStats(prompt_tokens=len(ids))
+        # The cache is matched on keys: ids, with image soft tokens standing for their image.
+        keys = ids if multimodal is None else multimodal.keys
+        if multimodal is not None:
+            stats.image_seconds = multimodal.encode_seconds
+            stats.images_encoded = multimodal.images_encoded
+            stats.images_cached = multimodal.images_cached
         if logprobs is not None:
             stats.logprobs = []
         self.last_stats = stats
@@ -439,9 +507,13 @@ class Model:
 
             started = time.perf_counter()
             try:
-                reused = self._reuse_prefix(ids)
+                reused = self._reuse_prefix(keys)
+                inputs = {}
+                if multimodal is not None:
+                    reused = self._reuse_before_image(reused, multimodal)
+                    inputs = multimodal.eval_inputs(reused, self.config["d_model"])
                 stats.cached_prompt_tokens = reused
-                logits = context.eval(ids[reused:], -1)[0]
+                logits = context.eval(ids[reused:], -1, **inputs)[0]
                 stats.prompt_seconds = time.perf_counter() - started
                 started = time.perf_counter()
                 stats.finish_reason = "length"
@@ -475,7 +547,7 @@ class Model:
             finally:
                 # The cache holds the first n_past tokens of what was fed to it, however this
                 # ended (a stop, an error, Ctrl-C, or the caller closing the stream early).
-                self._cached_tokens = history[: context.n_past]
+                self._cached_tokens = (keys + history[len(ids):])[: context.n_past]
                 self._remember_reply(stats.token_ids)
             stats.completion_seconds = time.perf_counter() - started
             pending += decoder.flush()
@@ -512,6 +584,16 @@ class Model:
         with self._lock:
             ids = self._reply_tokens.get(text)
             return list(ids) if ids is not None else None
+
+    def _reuse_before_image(self, reused: int, multimodal) -> int:
+        """Move a reused prefix that would end inside an image's tokens back to the image's start."""
+        limit = multimodal.reuse_limit(reused)
+        if limit == reused:
+            return reused
+        if limit > 0 and self._context.truncate(limit):
+            return limit
+        self._context.reset()
+        return 0
 
     def _reuse_prefix(self, ids: list[int]) -> int:
         """Keep the longest cached prefix of ids and return its length (0: start afresh).

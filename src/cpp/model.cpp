@@ -338,12 +338,10 @@ void Context::eval(const int32_t* tokens, int64_t n, int64_t logits_from, float*
   size_t next_span = 0;
   for (int64_t start = 0; start < n;) {
     int64_t len = std::min(options_.n_batch, n - start);
-    // End the chunk before a span it would cut in two.
-    while (next_span < spans.size() && spans[next_span].second <= start) ++next_span;
-    if (next_span < spans.size()) {
-      const auto [begin, end] = spans[next_span];
-      if (begin < start + len && end > start + len) len = begin - start;
-    }
+    // End the chunk before a span it would cut in two. Spans that end within the chunk are
+    // whole; the first span past them is cut when it starts inside the chunk.
+    while (next_span < spans.size() && spans[next_span].second <= start + len) ++next_span;
+    if (next_span < spans.size() && spans[next_span].first < start + len) len = spans[next_span].first - start;
     attend_end_.assign(static_cast<size_t>(len), 0);
     for (int64_t t = 0; t < len; ++t) attend_end_[t] = t + 1;
     for (const auto& [begin, end] : spans) {
