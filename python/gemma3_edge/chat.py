@@ -159,10 +159,27 @@ def _check_content(content: Any, index: int) -> str | list[dict]:
                 raise ValueError(f"{where} is a text part without a string 'text'")
             parts.append({"type": "text", "text": part["text"]})
         elif kind in IMAGE_PART_TYPES:
-            parts.append({"type": "image"})
+            parts.append({"type": "image", "source": _image_source(part, where)})
         else:
             raise ValueError(f"{where} has type {kind!r}; use text, image or image_url")
     return parts
+
+
+def _image_source(part: dict, where: str) -> Any:
+    """The image of a content part, or None when the part names none (enough for rendering):
+    OpenAI's {"type": "image_url", "image_url": {"url": ...}} or transformers' {"type": "image",
+    "image" | "url" | "path": ...}. A URL may be a base64 data URL or a local file path."""
+    if part["type"] == "image_url":
+        value = part.get("image_url")
+        source = value.get("url") if isinstance(value, dict) else value
+    else:
+        source = next((part[key] for key in ("image", "url", "path") if part.get(key) is not None), None)
+    if isinstance(source, str) and source.startswith(("http://", "https://")):
+        raise ValueError(f"{where} has a remote image URL; this runtime does not fetch URLs, so send the image "
+                         "as a base64 data URL (data:image/png;base64,...) or a local file path")
+    if isinstance(source, str) and source.startswith("file://"):
+        source = source[len("file://"):]
+    return source
 
 
 # Rendering ------------------------------------------------------------------------------------
@@ -205,14 +222,11 @@ def chat_token_ids(
 
     Control tokens of the format are added by id. Message text is tokenized with special=False
     unless parse_special=True, so "<end_of_turn>" written in a message stays plain text.
-    Raises ValueError for image content, because the runtime has no vision tower.
+    Raises ValueError for image content; chat_prompt() takes images.
     """
     segments = render_segments(messages, add_generation_prompt)
     if any(segment.kind == "control" and segment.text == START_OF_IMAGE for segment in segments):
-        raise ValueError(
-            "messages contain an image, but this runtime has no vision tower (image input is not "
-            "implemented, and Gemma 3 270M and 1B are text-only); send text content only"
-        )
+        raise ValueError("messages contain an image; use chat_prompt(), which encodes images, or send text only")
     control_ids = {BOS_TOKEN: model.config["bos_id"]}
     ids: list[int] = []
     text = ""
@@ -241,6 +255,47 @@ def chat_token_ids(
     if text:
         ids += model.tokenize(text, add_bos=False, special=parse_special)
     return ids
+
+
+def chat_prompt(model: Model, messages: Any, add_generation_prompt: bool = True, parse_special: bool = False,
+                pan_and_scan: bool | dict = False):
+    """Tokenize messages as chat_token_ids() does, with image parts encoded: returns token ids,
+    or a gemma3_edge.vision.MultimodalPrompt when the messages hold images. Raises ValueError
+    for images when the model has no vision tower."""
+    segments = render_segments(messages, add_generation_prompt)
+    if not any(segment.kind == "control" and segment.text == START_OF_IMAGE for segment in segments):
+        return chat_token_ids(model, messages, add_generation_prompt, parse_special)
+    if not model.has_vision:
+        raise ValueError(
+            f"messages contain an image, but {model.path.name} was loaded without a vision tower; load its "
+            "vision projector with Model(path, mmproj=MMPROJ_GGUF) (Gemma 3 270M and 1B are text-only) or "
+            "send text content only"
+        )
+    from gemma3_edge import vision
+
+    options = vision.parse_pan_and_scan(pan_and_scan)
+    system, turns = validate_messages(messages)
+    sources = [part["source"] for turn in turns if isinstance(turn.content, list)
+               for part in turn.content if part["type"] == "image"]
+    expanded: list[vision.Segment] = []
+    pixels: list = []
+    for segment in segments:
+        if segment.kind != "control":
+            expanded.append(vision.Segment("text", segment.text))
+        elif segment.text != START_OF_IMAGE:
+            expanded.append(vision.Segment("control", segment.text))
+        else:
+            source = sources[len(expanded and [s for s in expanded if s.kind == "image" and s.text == "whole"])]
+            if source is None:
+                raise ValueError("an image content part has no image; give image_url.url (a data URL or file path) "
+                                 "or an 'image', 'url' or 'path' field")
+            parts = model._vision.preprocess(source, options)
+            whole = vision.image_segments(len(pixels), len(parts) - 1)
+            expanded += whole
+            expanded.append(vision.Segment("image", "whole"))  # marks one source image; dropped below
+            pixels += parts
+    expanded = [segment for segment in expanded if not (segment.kind == "image" and segment.text == "whole")]
+    return vision.build_prompt(model, expanded, pixels, special=parse_special, add_bos=False)
 
 
 def _control_token_id(model: Model, token: str) -> int:
