@@ -4,9 +4,9 @@
  * C99 and C++ compatible. Every function that can fail returns a gemma3_edge_status;
  * gemma3_edge_last_error() then describes the failure. No C++ exception crosses this API.
  *
- * Objects: a gemma3_edge_model holds the weights and tokenizer and is read-only after
+ * Objects: a gemma3_edge_model contains the weights and tokenizer and is read-only after
  * loading, so several threads may use one model at once (each through its own session). A
- * gemma3_edge_session holds one KV cache; use it from one thread at a time. Free every
+ * gemma3_edge_session contains one KV cache; use it from one thread at a time. Free every
  * session before its model.
  *
  * Strings are UTF-8. Output text is bytes as the model produced them: a detokenized byte
@@ -137,8 +137,9 @@ GEMMA3_EDGE_API int32_t gemma3_edge_model_bos_token(const gemma3_edge_model* mod
 GEMMA3_EDGE_API int32_t gemma3_edge_model_eos_token(const gemma3_edge_model* model);
 /* Returns the id of <end_of_turn>, or -1 when the vocabulary has none (or model is NULL). */
 GEMMA3_EDGE_API int32_t gemma3_edge_model_end_of_turn_token(const gemma3_edge_model* model);
-/* Returns 1 when the model can take images, else 0. This runtime loads text models only,
- * so it returns 0 for now. */
+/* Returns 1 when the model can take images, else 0.
+ * NOTE: the C API loads the text model only (no vision projector file yet), so this returns 0
+ * for now. */
 GEMMA3_EDGE_API int gemma3_edge_model_has_vision(const gemma3_edge_model* model);
 
 /* ---- Tokenizer ------------------------------------------------------------------------ */
@@ -206,11 +207,11 @@ GEMMA3_EDGE_API int32_t gemma3_edge_session_n_past(const gemma3_edge_session* se
 /* Returns the bytes of KV cache memory the session allocated, or -1 for a NULL session. */
 GEMMA3_EDGE_API int64_t gemma3_edge_session_kv_bytes(const gemma3_edge_session* session);
 
-/* Adds an image to the next prompt: rgb holds height rows of width pixels, 3 bytes (R, G, B)
+/* Adds an image to the next prompt: rgb contains height rows of width pixels, 3 bytes (R, G, B)
  * per pixel, rows stride_bytes apart (>= 3 * width). Images go to the <start_of_image>
  * tokens of the prompt in the order they were added.
- * NOTE: no model this runtime loads has a vision tower yet, so after checking the arguments
- * this returns NO_VISION_TOWER.
+ * NOTE: the C API loads the text model only (no vision projector file yet), so after checking
+ * the arguments this returns NO_VISION_TOWER.
  * Errors: INVALID_ARGUMENT (NULL session or rgb, width or height < 1, stride too small),
  * NO_VISION_TOWER. */
 GEMMA3_EDGE_API gemma3_edge_status gemma3_edge_session_add_image(gemma3_edge_session* session, const uint8_t* rgb,

@@ -3,8 +3,8 @@
 
 The files are mutations of tiny random Gemma 3 models (tests/tiny_gguf.py) and of the header of
 the real default model. A real-model case keeps the original metadata and tensor table (about
-6.5 MB) and leaves the tensor data as a hole in a sparse file, with only the bytes a case needs
-written into it, so the corpus stays small and fast to load.
+6.5 MB) and leaves the tensor data as a hole in a sparse file. Only the bytes a case needs are
+written into the hole, so the corpus stays small and fast to load.
 
     python scripts/make_broken_corpus.py OUT_DIR [--model PATH | --no-real]
 
@@ -194,9 +194,11 @@ class Blob:
 
 
 def build(layout: Layout, patches: dict[str, list[tuple[int, bytes]]] | None = None, trailing: bytes = b"") -> Blob:
-    """Encode a layout. Tiny layouts carry their tensor data, placed back to back in table order
-    unless a tensor's offset is set; real-model layouts keep their offsets and a hole for data.
-    patches maps a tensor name to (byte offset inside the tensor, bytes) writes."""
+    """Encode a layout as file contents.
+
+    Tiny layouts carry their tensor data, placed back to back in table order unless a tensor's
+    offset is set. Real-model layouts keep their offsets and a hole for the data. patches maps a
+    tensor name to (byte offset inside the tensor, bytes) writes."""
     stated = layout.alignment
     valid = isinstance(stated, int) and stated > 0 and stated & (stated - 1) == 0
     alignment = stated if valid else 32
@@ -323,7 +325,7 @@ def one(make_blob: Callable[[Sources], Blob]) -> Callable[[Sources], list[tuple[
 
 
 def with_header_field(layout_of: Callable[[Sources], Layout], offset: int, fmt: str, value):
-    """A built layout with one header field overwritten in place."""
+    """Return a maker of the built layout with one header field overwritten in place."""
     def make(sources: Sources) -> Blob:
         blob = build(layout_of(sources))
         head = bytearray(blob.head)
@@ -412,9 +414,9 @@ def nan_scale_in(layout_of, name: str, block: int, scale_offset: int, bits: int,
 def truncations(layout_of, sample_data: int, every_field: bool = True) -> Callable[[Sources], list[tuple[str, Blob]]]:
     """Cuts through the header, the metadata, the tensor table and `sample_data` points spread over
     the data section. every_field=True cuts inside and at the edges of every field of every entry.
-    False, for the 6.5 MB real header whose every cut costs megabytes of disk, cuts once inside
-    each value in the first megabyte and the last value, at 3 points through each large array and
-    at 3 points through the tensor table."""
+    every_field=False suits the 6.5 MB real header, where every cut costs megabytes of disk. It
+    cuts once inside each value in the first megabyte and inside the last value, and at 3 points
+    through each large array and through the tensor table."""
     def make(sources: Sources) -> list[tuple[str, Blob]]:
         layout = layout_of(sources)
         blob = build(layout)
@@ -454,7 +456,7 @@ def truncations(layout_of, sample_data: int, every_field: bool = True) -> Callab
 
 
 def case_specs() -> list[CaseSpec]:
-    """Every case, without reading or writing any file."""
+    """Return every case; nothing is read or written until a case's make() runs."""
     specs: list[CaseSpec] = []
 
     def add(name, description, make, expect=(), **options):

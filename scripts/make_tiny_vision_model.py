@@ -3,11 +3,11 @@
 
 The model is a Gemma3ForConditionalGeneration at toy sizes with the real geometry of the
 vision side: a 64 x 64 grid of patches, 4 x 4 average pooling to 256 image tokens, 256 soft
-tokens per image in the prompt. Its weights come from a PCG64 bit stream (numpy's
-BitGenerator output, which numpy keeps stable across releases), so tests rebuild the same
-GGUF files without torch:
+tokens per image in the prompt. Its weights come from numpy's raw PCG64 bit stream, so tests
+rebuild the same GGUF files without torch (the goldens store a digest of the weights, which
+detects a change of that stream):
 
-  text GGUF    llama.cpp's gemma3 layout and a small SentencePiece vocabulary that holds
+  text GGUF    llama.cpp's gemma3 layout and a small SentencePiece vocabulary that contains
                Gemma 3's image control tokens (<start_of_image>, <end_of_image>,
                <image_soft_token>).
   mmproj GGUF  llama.cpp's vision-projector layout for Gemma 3 (general.architecture "clip",
@@ -109,8 +109,8 @@ def vocabulary() -> tuple[list[str], list[float], list[int]]:
 
 
 class _Uniform:
-    """Uniform floats from PCG64's raw 64-bit output, which numpy keeps stable across releases
-    (unlike its distribution methods)."""
+    """Uniform floats from PCG64's raw 64-bit output. Raw output involves none of numpy's
+    floating-point distribution code, which may change between numpy releases."""
 
     def __init__(self, seed: int) -> None:
         self.bits = np.random.PCG64(seed)
@@ -269,7 +269,7 @@ def write_text_gguf(path: str | Path, weights: dict[str, np.ndarray], weight_typ
 def _hf_vision_name(name: str) -> str | None:
     """Map a vision tensor name of a transformers checkpoint (the 4.x layout
     "vision_tower.vision_model.*" or the 5.x state-dict layout "model.vision_tower.*") to
-    llama.cpp's mmproj name, or None for a tensor the mmproj file does not hold."""
+    llama.cpp's mmproj name, or None for a tensor the mmproj file does not contain."""
     if name.startswith("model."):
         name = name[len("model."):]
     name = name.replace("vision_tower.vision_model.", "vision_tower.")
@@ -327,8 +327,8 @@ def write_mmproj_gguf(path: str | Path, tensors: dict[str, np.ndarray], vision_c
     writer.add_vision_attention_layernorm_eps(v.get("layer_norm_eps", 1e-6))
     writer.add_vision_image_mean(list(image_mean))
     writer.add_vision_image_std(list(image_std))
-    # llama.cpp's clip.use_gelu selects ggml_gelu, the tanh approximation; the activation name
-    # is stored as well so that a checkpoint with exact ("gelu") activation runs as it should.
+    # llama.cpp's clip.use_gelu selects ggml_gelu, the tanh approximation. The activation name
+    # is stored as well, so a checkpoint with exact ("gelu") activation runs with erf.
     hidden_act = v.get("hidden_act", "gelu_pytorch_tanh")
     writer.add_vision_use_gelu(True)
     writer.add_string("gemma3_edge.vision.hidden_act", hidden_act)
@@ -364,7 +364,7 @@ def write_model(out_dir: str | Path, weight_type=None, vision_weight_type=None, 
     out_dir and return their paths.
 
     The input projection is F32 by default (llama.cpp writes F16), so that the default files
-    hold the goldens' weights exactly.
+    contain the goldens' weights exactly.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -374,6 +374,59 @@ def write_model(out_dir: str | Path, weight_type=None, vision_weight_type=None, 
                                TEXT_CONFIG["hidden_size"], MM_TOKENS_PER_IMAGE, weight_type=vision_weight_type,
                                projection_type=projection_type)
     return text, mmproj
+
+
+# SigLIP as Gemma 3 4B, 12B and 27B configure it (transformers' Gemma3Config defaults).
+FULL_VISION_CONFIG = {
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_hidden_layers": 27,
+    "num_attention_heads": 16,
+    "image_size": 896,
+    "patch_size": 14,
+    "layer_norm_eps": 1e-6,
+    "hidden_act": "gelu_pytorch_tanh",
+}
+
+
+def write_full_size_mmproj(path: str | Path, text_hidden_size: int = 2560, weight_type=None, seed: int = SEED) -> Path:
+    """Write a mmproj file with random weights at the real SigLIP shapes (about 420M
+    parameters; 2560 is Gemma 3 4B's width), one tensor at a time so memory stays near one
+    tensor. weight_type as in write_mmproj_gguf (None: F32, about 1.7 GB)."""
+    v = FULL_VISION_CONFIG
+    draw = _Uniform(seed).draw
+    width, ff, patch = v["hidden_size"], v["intermediate_size"], v["patch_size"]
+    n_patches = (v["image_size"] // patch) ** 2
+    shapes = {
+        "model.vision_tower.embeddings.patch_embedding.weight": ((width, 3, patch, patch), (3 * patch * patch) ** -0.5, 0.0),
+        "model.vision_tower.embeddings.patch_embedding.bias": ((width,), 0.1, 0.0),
+        "model.vision_tower.embeddings.position_embedding.weight": ((n_patches, width), 0.5, 0.0),
+        "model.vision_tower.post_layernorm.weight": ((width,), 0.2, 1.0),
+        "model.vision_tower.post_layernorm.bias": ((width,), 0.1, 0.0),
+        "model.multi_modal_projector.mm_input_projection_weight": ((width, text_hidden_size), width**-0.5, 0.0),
+        "model.multi_modal_projector.mm_soft_emb_norm.weight": ((width,), 0.2, 0.0),
+    }
+    for i in range(v["num_hidden_layers"]):
+        b = f"model.vision_tower.encoder.layers.{i}."
+        for norm in ("layer_norm1", "layer_norm2"):
+            shapes[b + norm + ".weight"] = ((width,), 0.2, 1.0)
+            shapes[b + norm + ".bias"] = ((width,), 0.1, 0.0)
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes[b + f"self_attn.{proj}.weight"] = ((width, width), width**-0.5, 0.0)
+            shapes[b + f"self_attn.{proj}.bias"] = ((width,), 0.1, 0.0)
+        shapes[b + "mlp.fc1.weight"] = ((ff, width), width**-0.5, 0.0)
+        shapes[b + "mlp.fc1.bias"] = ((ff,), 0.1, 0.0)
+        shapes[b + "mlp.fc2.weight"] = ((width, ff), ff**-0.5, 0.0)
+        shapes[b + "mlp.fc2.bias"] = ((width,), 0.1, 0.0)
+
+    class _Lazy(dict):
+        # Draws each tensor when the writer requests it, in sorted-name order.
+        def __getitem__(self, name):
+            shape, scale, offset = shapes[name]
+            return draw(shape, scale, offset)
+
+    tensors = _Lazy.fromkeys(shapes)
+    return write_mmproj_gguf(path, tensors, v, text_hidden_size, 256, weight_type=weight_type)
 
 
 # Test images (numpy and Pillow) ---------------------------------------------------------------
@@ -428,8 +481,8 @@ def _patch_float64() -> None:
     """Keep transformers' Gemma 3 and SigLIP in float64 end to end.
 
     transformers 5.25 computes Gemma's RMSNorm, the RoPE angles and both attention softmaxes
-    in float32 even in a float64 model; each replacement computes in float64 for float64
-    input and calls the original otherwise.
+    in float32 even in a float64 model. Each replacement computes in float64 for float64 input
+    and calls the original otherwise.
     """
     import torch
     from transformers.models.gemma3 import modeling_gemma3 as gemma3

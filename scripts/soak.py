@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Soak test: a long chat session with resident memory sampled per turn, then an HTTP server
-answering a few hundred requests from several clients at once.
+serving a few hundred requests from several clients at once.
 
 Chat phase: multi-turn chats on one Model until --tokens completion tokens are generated (a
 conversation restarts when it would no longer fit in n_ctx). Resident memory (VmRSS) is read
@@ -122,7 +122,8 @@ def chat_soak(model: gemma3_edge.Model, total_tokens: int, warmup_tokens: int, m
 
 
 def request_for(index: int) -> tuple[str, dict]:
-    """The endpoint and body of request `index`: distinct prompts so a mixed-up answer shows."""
+    """Return the endpoint and body of request `index`, with distinct prompts so that a mixed-up
+    response shows."""
     a, b = 3 + index % 17, 100 + index
     stream = index % 2 == 1
     if index % DISCONNECT_EVERY == DISCONNECT_EVERY - 1:
@@ -138,7 +139,7 @@ def request_for(index: int) -> tuple[str, dict]:
 
 
 def reference_answer(model: gemma3_edge.Model, path: str, body: dict) -> str:
-    """Answer through the Python API from an empty cache, one request at a time."""
+    """Return the completion text from the Python API, starting from an empty cache."""
     model.logits([model.config["bos_id"]])  # empties the cache
     if path == "/v1/completions":
         result = model.create_completion(body["prompt"], max_tokens=body["max_tokens"], temperature=0)
@@ -148,7 +149,7 @@ def reference_answer(model: gemma3_edge.Model, path: str, body: dict) -> str:
 
 
 def post(port: int, path: str, body: dict, timeout: float = 300) -> str:
-    """Send one request and return the answer text; an abandoned stream returns after one chunk."""
+    """Send one request and return the completion text; an abandoned stream returns after one chunk."""
     abandon = body.pop("abandon", False)
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -192,7 +193,7 @@ def wait_for_server(port: int, process: subprocess.Popen, seconds: float = 120) 
                 return
         except OSError:
             time.sleep(0.2)
-    raise TimeoutError(f"the server did not answer /health within {seconds} s")
+    raise TimeoutError(f"the server did not respond to /health within {seconds} s")
 
 
 def process_rss_bytes(pid: int) -> int:

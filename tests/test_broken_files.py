@@ -1,6 +1,6 @@
-"""The broken-GGUF corpus of scripts/make_broken_corpus.py: every hostile file raises
-ModelLoadError (a ValueError) naming the file and what was expected, with no crash, no hang and
-no allocation beyond what the file justifies; odd but valid files load and run.
+"""The broken-GGUF corpus of scripts/make_broken_corpus.py. Every hostile file raises
+ModelLoadError (a ValueError) naming the file and what was expected. No file crashes or hangs
+the loader or makes it allocate more than the file justifies. Odd but valid files load and run.
 
 The files are loaded one after another by a worker subprocess. A crash or a hang kills only the
 worker, which is restarted for the next file, so it fails one case rather than the run.
@@ -30,7 +30,7 @@ corpus = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = corpus  # dataclasses look their module up there
 spec.loader.exec_module(corpus)
 
-# A file whose counts claim far more than it holds may make the loader allocate only what it
+# A file whose counts claim far more than it contains may make the loader allocate only what it
 # actually reads: at most the 6.5 MB header of the default model plus its vocabulary index
 # (262,144 string views, 4 MiB). 64 MiB is well below the 100 MiB that reserving one table entry
 # for each of 2^20 claimed tensors would take.

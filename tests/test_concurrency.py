@@ -51,7 +51,8 @@ def run_job(model, kind, argument):
         return model.generate(argument, max_tokens=10, temperature=0)
     if kind == "logits":
         return model.logits(argument)
-    return chat_result(model.create_chat_completion(CHATS[argument], max_tokens=10, temperature=0))
+    # Only the text: usage and finish_reason of concurrent chats are the xfail test below.
+    return chat_result(model.create_chat_completion(CHATS[argument], max_tokens=10, temperature=0))[0]
 
 
 def same(a, b) -> bool:
@@ -86,10 +87,32 @@ def test_stream_closed_early_leaves_model_usable(model):
         stream.close()
         assert all(isinstance(piece, str) for piece in received)
         assert model.last_stats.completion_tokens < 200
-    # An abandoned, never-started stream holds nothing either.
+    # An abandoned stream that never started keeps no lock either.
     unused = model.generate("Hello", max_tokens=5, stream=True)
     del unused
     assert model.generate(REFERENCE_PROMPT, max_tokens=8, temperature=0) == reference
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "model.py _run() sets self.last_stats before it takes the lock, and chat.py _Run reads usage and "
+    "finish_reason from model.last_stats, so a call from another thread that is waiting for the lock "
+    "replaces them. Fix: let _generate() hand its GenerationStats to the caller (e.g. a "
+    "_generate_with_stats() returning (pieces, stats)) and have _Run use that object"))
+def test_chat_usage_with_another_thread_waiting(model):
+    expected = chat_result(model.create_chat_completion(CHATS[0], max_tokens=10, temperature=0))
+    chunks = model.create_chat_completion(CHATS[0], max_tokens=10, temperature=0, stream=True)
+    received = [next(chunks), next(chunks)]  # the generation now holds the model's lock
+    own_stats = model.last_stats
+    waiting = threading.Thread(target=model.generate, args=("Hello",), kwargs={"max_tokens": 3, "temperature": 0})
+    waiting.start()
+    deadline = time.monotonic() + 30
+    while model.last_stats is own_stats and time.monotonic() < deadline:
+        time.sleep(0.01)
+    received += list(chunks)
+    waiting.join(timeout=120)
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in received)
+    assert text == expected[0]
+    assert received[-1]["choices"][0]["finish_reason"] == expected[1]
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -97,7 +120,9 @@ def test_stream_closed_early_leaves_model_usable(model):
     "stream started on one thread and closed on another (as Starlette's iterate_in_threadpool does) "
     "raises RuntimeError and leaves the lock held, so every later call blocks forever. "
     "Fix: self._lock = threading.Lock() in Model.__init__ (no method takes the lock twice)"))
-def test_stream_consumed_across_threads(model):
+def test_stream_consumed_across_threads(default_model_file):
+    # A model of its own: a leaked lock would block every later test that used a shared one.
+    model = gemma3_edge.Model(default_model_file, n_ctx=N_CTX, n_threads=2)
     reference = model.generate(REFERENCE_PROMPT, max_tokens=8, temperature=0)
     stream = model.generate("Count: 1, 2,", max_tokens=50, temperature=0, stream=True)
     with concurrent.futures.ThreadPoolExecutor(1) as other:
@@ -106,10 +131,13 @@ def test_stream_consumed_across_threads(model):
     try:
         stream.close()
     finally:
-        finished = concurrent.futures.ThreadPoolExecutor(1).submit(
-            model.generate, REFERENCE_PROMPT, max_tokens=8, temperature=0)
-        # A leaked lock shows as a call that never returns.
-        assert finished.result(timeout=60) == reference
+        # A leaked lock shows as a call that never returns; a daemon thread does not hold up exit.
+        answers = []
+        later = threading.Thread(target=lambda: answers.append(
+            model.generate(REFERENCE_PROMPT, max_tokens=8, temperature=0)), daemon=True)
+        later.start()
+        later.join(timeout=60)
+    assert answers == [reference]
 
 
 INTERRUPT_SCRIPT = r"""
@@ -120,19 +148,19 @@ model = gemma3_edge.Model(n_ctx=512, n_threads=2)
 prompt = "The capital of France is"
 reference = model.generate(prompt, max_tokens=8, temperature=0)
 outcomes = []
-for how in ["signal", "interrupt_main"]:
+for method in ["signal", "interrupt_main"]:
     pieces = 0
     try:
         for piece in model.generate("Count from 1 to 500: 1, 2,", max_tokens=400, temperature=0, stream=True):
             pieces += 1
             if pieces == 3:
-                if how == "signal":
+                if method == "signal":
                     print("STARTED", flush=True)  # the parent sends SIGINT now
                 else:
                     threading.Timer(0.05, _thread.interrupt_main).start()
-        outcomes.append({"how": how, "interrupted": False})
+        outcomes.append({"method": method, "interrupted": False})
     except KeyboardInterrupt:
-        outcomes.append({"how": how, "interrupted": True, "completion_tokens": model.last_stats.completion_tokens,
+        outcomes.append({"method": method, "interrupted": True, "completion_tokens": model.last_stats.completion_tokens,
                          "after": model.generate(prompt, max_tokens=8, temperature=0)})
 print(json.dumps({"reference": reference, "outcomes": outcomes}), flush=True)
 """
@@ -154,10 +182,10 @@ def test_keyboard_interrupt_mid_generation(tmp_path):
     assert process.returncode == 0, errors
     report = json.loads(output.strip().splitlines()[-1])
     for outcome in report["outcomes"]:
-        assert outcome["interrupted"], f"{outcome['how']}: the generation was not interrupted"
+        assert outcome["interrupted"], f"{outcome['method']}: the generation was not interrupted"
         # 400 tokens take tens of seconds here; the interrupt stops the loop after a few.
         assert outcome["completion_tokens"] < 400
-        assert outcome["after"] == report["reference"], f"{outcome['how']}: wrong answer after the interrupt"
+        assert outcome["after"] == report["reference"], f"{outcome['method']}: wrong answer after the interrupt"
 
 
 # Server -----------------------------------------------------------------------------------------

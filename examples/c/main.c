@@ -30,10 +30,11 @@ static void usage(FILE* out) {
           "  -n N           maximum tokens to generate (default 64; 0: until a stop)\n"
           "  -c N           context size in tokens, prompt included (default 2048)\n"
           "  -t N           threads (default 0: one per CPU)\n"
+          "  --kv TYPE      KV cache type: f32 (default), f16 or int8\n"
           "  --temp T       sampling temperature (default 0: greedy)\n"
           "  --seed S       sampling seed (default 0)\n"
           "  --tokens       print the generated token ids to stderr\n"
-          "  --stats        print token counts, KV cache bytes and peak RSS to stderr\n");
+          "  --stats        print token counts, KV cache bytes and memory use to stderr\n");
 }
 
 /* Parses a whole decimal integer in [minimum, maximum]; exits with a message otherwise. */
@@ -46,6 +47,20 @@ static long parse_long(const char* option, const char* text, long minimum, long 
     exit(2);
   }
   return value;
+}
+
+/* Prints the current anonymous and file-backed resident memory (Linux /proc/self/status):
+ * file-backed pages are the mapped model file, which the kernel can drop and read again. */
+static void print_rss_parts(void) {
+  FILE* status = fopen("/proc/self/status", "r");
+  if (status == NULL) return;
+  char line[256];
+  long kib = 0;
+  while (fgets(line, sizeof line, status) != NULL) {
+    if (sscanf(line, "RssAnon: %ld kB", &kib) == 1) fprintf(stderr, "rss_anon_kib: %ld\n", kib);
+    if (sscanf(line, "RssFile: %ld kB", &kib) == 1) fprintf(stderr, "rss_file_kib: %ld\n", kib);
+  }
+  fclose(status);
 }
 
 static int on_token(int32_t token, const char* text, size_t text_len, void* user_data) {
@@ -68,6 +83,7 @@ int main(int argc, char** argv) {
   const char* prompt = NULL;
   long max_tokens = 64, n_ctx = 2048, n_threads = 0, seed = 0;
   double temperature = 0.0;
+  gemma3_edge_kv_type kv_type = GEMMA3_EDGE_KV_F32;
   int print_tokens = 0, print_stats = 0;
 
   for (int i = 1; i < argc; ++i) {
@@ -84,6 +100,18 @@ int main(int argc, char** argv) {
       n_ctx = parse_long("-c", argv[++i], 1, 1 << 30);
     } else if (strcmp(arg, "-t") == 0 && has_value) {
       n_threads = parse_long("-t", argv[++i], 0, 1024);
+    } else if (strcmp(arg, "--kv") == 0 && has_value) {
+      const char* name = argv[++i];
+      if (strcmp(name, "f32") == 0) {
+        kv_type = GEMMA3_EDGE_KV_F32;
+      } else if (strcmp(name, "f16") == 0) {
+        kv_type = GEMMA3_EDGE_KV_F16;
+      } else if (strcmp(name, "int8") == 0) {
+        kv_type = GEMMA3_EDGE_KV_INT8;
+      } else {
+        fprintf(stderr, "error: --kv must be f32, f16 or int8, got '%s'\n", name);
+        return 2;
+      }
     } else if (strcmp(arg, "--temp") == 0 && has_value) {
       char* end = NULL;
       temperature = strtod(argv[++i], &end);
@@ -127,6 +155,7 @@ int main(int argc, char** argv) {
   gemma3_edge_session_params session_params = gemma3_edge_session_params_default();
   session_params.n_ctx = (int32_t)n_ctx;
   session_params.n_threads = (int32_t)n_threads;
+  session_params.kv_type = kv_type;
   gemma3_edge_session* session = NULL;
   status = gemma3_edge_session_create(model, &session_params, &session);
   if (status != GEMMA3_EDGE_OK) {
@@ -163,6 +192,7 @@ int main(int argc, char** argv) {
     fprintf(stderr, "n_ctx: %ld\nkv_cache_bytes: %lld\n", n_ctx, (long long)gemma3_edge_session_kv_bytes(session));
     /* Linux reports ru_maxrss in KiB. */
     fprintf(stderr, "peak_rss_kib: %ld\n", (long)usage_now.ru_maxrss);
+    print_rss_parts();
   }
 
   gemma3_edge_session_free(session);

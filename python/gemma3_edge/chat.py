@@ -226,7 +226,8 @@ def chat_token_ids(
     """
     segments = render_segments(messages, add_generation_prompt)
     if any(segment.kind == "control" and segment.text == START_OF_IMAGE for segment in segments):
-        raise ValueError("messages contain an image; use chat_prompt(), which encodes images, or send text only")
+        raise ValueError("messages contain an image, which needs the vision tower: use chat_prompt() with a model "
+                         "loaded with mmproj=, or send text content only")
     control_ids = {BOS_TOKEN: model.config["bos_id"]}
     ids: list[int] = []
     text = ""
@@ -268,33 +269,33 @@ def chat_prompt(model: Model, messages: Any, add_generation_prompt: bool = True,
     if not model.has_vision:
         raise ValueError(
             f"messages contain an image, but {model.path.name} was loaded without a vision tower; load its "
-            "vision projector with Model(path, mmproj=MMPROJ_GGUF) (Gemma 3 270M and 1B are text-only) or "
-            "send text content only"
+            "vision projector (mmproj GGUF) with --mmproj or Model(path, mmproj=...) (Gemma 3 270M and 1B are "
+            "text-only), or send text content only"
         )
     from gemma3_edge import vision
 
     options = vision.parse_pan_and_scan(pan_and_scan)
-    system, turns = validate_messages(messages)
+    _, turns = validate_messages(messages)
     sources = [part["source"] for turn in turns if isinstance(turn.content, list)
                for part in turn.content if part["type"] == "image"]
     expanded: list[vision.Segment] = []
     pixels: list = []
+    images_seen = 0
     for segment in segments:
         if segment.kind != "control":
             expanded.append(vision.Segment("text", segment.text))
-        elif segment.text != START_OF_IMAGE:
+            continue
+        if segment.text != START_OF_IMAGE:
             expanded.append(vision.Segment("control", segment.text))
-        else:
-            source = sources[len(expanded and [s for s in expanded if s.kind == "image" and s.text == "whole"])]
-            if source is None:
-                raise ValueError("an image content part has no image; give image_url.url (a data URL or file path) "
-                                 "or an 'image', 'url' or 'path' field")
-            parts = model._vision.preprocess(source, options)
-            whole = vision.image_segments(len(pixels), len(parts) - 1)
-            expanded += whole
-            expanded.append(vision.Segment("image", "whole"))  # marks one source image; dropped below
-            pixels += parts
-    expanded = [segment for segment in expanded if not (segment.kind == "image" and segment.text == "whole")]
+            continue
+        source = sources[images_seen]
+        images_seen += 1
+        if source is None:
+            raise ValueError("an image content part has no image; give image_url.url (a data URL or file path) "
+                             "or an 'image', 'url' or 'path' field")
+        parts = model._vision.preprocess(source, options)
+        expanded += vision.image_segments(len(pixels), len(parts) - 1)
+        pixels += parts
     return vision.build_prompt(model, expanded, pixels, special=parse_special, add_bos=False)
 
 
@@ -309,8 +310,9 @@ def _control_token_id(model: Model, token: str) -> int:
 
 
 def chat(model: Model, messages: Any, *, parse_special: bool = False, **sampling) -> str:
-    """Return the model's reply to messages; sampling takes Model.generate()'s options."""
-    ids = chat_token_ids(model, messages, parse_special=parse_special)
+    """Return the model's reply to messages; sampling takes Model.generate()'s options (and
+    pan_and_scan for image parts)."""
+    ids = chat_prompt(model, messages, parse_special=parse_special, pan_and_scan=sampling.pop("pan_and_scan", False))
     return model.generate(ids, **sampling)
 
 
@@ -330,6 +332,7 @@ def create_chat_completion(
     top_logprobs: int = 0,
     parse_special: bool = False,
     cancel_event: threading.Event | None = None,
+    pan_and_scan: bool | dict = False,
 ) -> dict | Iterator[dict]:
     """Generate a reply to messages, returned as an OpenAI chat completion (the dict llama-cpp-python returns).
 
@@ -339,13 +342,15 @@ def create_chat_completion(
     each token's log-probability (the model's log-softmax, before temperature and other sampling
     transforms) and the top_logprobs most likely alternatives. Setting cancel_event from another
     thread stops the generation after the current token, with finish_reason "cancelled".
+    Image content parts (OpenAI's image_url with a base64 data URL or a file path) need a model
+    loaded with mmproj=; pan_and_scan=True adds crops of wide or tall images.
     """
     if not isinstance(logprobs, bool):
         raise ValueError(f"logprobs must be true or false, got {logprobs!r}")
     top_logprobs = _check_top_logprobs("top_logprobs", top_logprobs)
     if top_logprobs > 0 and not logprobs:
         raise ValueError(f"top_logprobs={top_logprobs} needs logprobs=true")
-    ids = chat_token_ids(model, messages, parse_special=parse_special)
+    ids = chat_prompt(model, messages, parse_special=parse_special, pan_and_scan=pan_and_scan)
     run = _Run(model, ids, dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, stop=stop),
                top_logprobs if logprobs else None, cancel_event)

@@ -1,4 +1,4 @@
-"""Command-line interface: gemma3-edge generate | info | perplexity | bench | chat | serve."""
+"""Command-line interface: gemma3-edge generate | info | perplexity | bench | chat | serve | convert | quality."""
 
 from __future__ import annotations
 
@@ -22,11 +22,13 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-type", choices=KV_TYPES, default="f32",
                         help="KV cache element type: f32, f16 or int8 (blocks of 32 with a scale) (default: f32)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log loading details to stderr")
+    parser.add_argument("--mmproj", type=Path, default=None,
+                        help="vision projector GGUF (llama.cpp mmproj file) for image input (4B, 12B, 27B)")
 
 
 def _load(args: argparse.Namespace, n_ctx: int | None = None) -> Model:
     return Model(args.model, n_ctx=n_ctx or args.ctx, n_threads=args.threads, n_batch=args.batch,
-                 precision=args.precision, kv_type=args.kv_type, verbose=args.verbose)
+                 precision=args.precision, kv_type=args.kv_type, verbose=args.verbose, mmproj=args.mmproj)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -34,7 +36,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     pieces = model.generate(
         args.prompt, max_tokens=args.n_predict, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed,
-        stop=args.stop or None, stream=True, special=args.special,
+        stop=args.stop or None, stream=True, special=args.special, images=args.image or None,
+        pan_and_scan=args.pan_and_scan,
     )
     out = sys.stdout
     try:
@@ -55,6 +58,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         f"finish: {s.finish_reason}",
         file=sys.stderr,
     )
+    if args.image:
+        print(f"images: {s.images_encoded} encoded, {s.images_cached} from cache, {s.image_seconds:.2f} s",
+              file=sys.stderr)
     return 0
 
 
@@ -120,12 +126,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         args.threads = threads
         model = _load(args, n_ctx=max(args.ctx, args.n_prompt, args.n_gen))
         reports.append(bench(model, n_prompt=args.n_prompt, n_gen=args.n_gen, repetitions=args.repetitions))
+        if model.has_vision:
+            from gemma3_edge.vision import bench_image_encode
+
+            reports[-1]["image_encode"] = bench_image_encode(model._vision, repetitions=args.repetitions)
         del model
     if args.json:
         print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
     else:
-        print("\n\n".join(format_report(r) for r in reports))
+        print("\n\n".join(format_report(r) + _format_image_encode(r) for r in reports))
     return 0
+
+
+def _format_image_encode(report: dict) -> str:
+    encode = report.get("image_encode")
+    if encode is None:
+        return ""
+    return (f"\nimage encode ({encode['n_patches']} patches -> {encode['n_tokens']} tokens, {encode['precision']}): "
+            f"{encode['mean']:.2f} ± {encode['stdev']:.2f} s per image")
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
@@ -157,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     gen.add_argument("--stop", action="append", default=[], help="stop before this string (repeatable)")
     gen.add_argument("--special", action="store_true", help="parse control tokens such as <start_of_turn> in the prompt")
+    gen.add_argument("--image", action="append", default=[], metavar="PATH",
+                     help="image file for the prompt (repeatable; needs --mmproj). Each <start_of_image> in the prompt "
+                          "marks where the next image goes; without one the images come first")
+    gen.add_argument("--pan-and-scan", action="store_true",
+                     help="also show the model crops of wide or tall images, as transformers' Gemma 3 processor does")
     gen.set_defaults(func=_cmd_generate)
 
     info = sub.add_parser("info", help="print the model's configuration, tensor types and memory")
@@ -200,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
                        help="logging level (default: info)")
     serve.set_defaults(func=_cmd_serve)
+
+    from gemma3_edge.quantize import commands as quantize_commands
+
+    quantize_commands.add_subcommands(sub)
     return parser
 
 

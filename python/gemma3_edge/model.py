@@ -65,7 +65,7 @@ def _check_int(name: str, value: object, minimum: int) -> int:
 
 @dataclass
 class GenerationStats:
-    """What the last generate() call did."""
+    """Token counts, finish reason and timings of the last generate() call."""
 
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0  # prompt tokens reused from the cache, not recomputed
@@ -134,7 +134,7 @@ class Model:
             )
         self._context = _core.Context(self._model, n_ctx, n_batch, n_threads, kv_type)
         self._lock = threading.RLock()
-        self._cached_tokens: list[int] = []  # the tokens whose keys and values the context holds
+        self._cached_tokens: list[int] = []  # the tokens whose keys and values are in the context
         # Recent generated replies (stripped text -> token ids), so a chat prompt that quotes a reply
         # uses the tokens that were generated and keeps the cache, rather than a re-tokenization.
         self._reply_tokens: dict[str, list[int]] = {}
@@ -434,8 +434,9 @@ class Model:
 
         if self._vision is None:
             raise ValueError(
-                f"{self.path.name} was loaded without a vision tower, so it cannot take images; load the "
-                "model's vision projector with Model(path, mmproj=MMPROJ_GGUF) (Gemma 3 270M and 1B are text-only)"
+                f"{self.path.name} was loaded without a vision tower, so it cannot take images; load the model's "
+                "vision projector (mmproj GGUF) with --mmproj or Model(path, mmproj=...) (Gemma 3 270M and 1B are "
+                "text-only)"
             )
         if not isinstance(prompt, str):
             raise TypeError(f"a prompt with images must be text, got {type(prompt).__name__}")
@@ -545,7 +546,7 @@ class Model:
                         break
                     logits = context.eval([token], -1)[0]
             finally:
-                # The cache holds the first n_past tokens of what was fed to it, however this
+                # The cache contains the first n_past tokens of what was fed to it, however this
                 # ended (a stop, an error, Ctrl-C, or the caller closing the stream early).
                 self._cached_tokens = (keys + history[len(ids):])[: context.n_past]
                 self._remember_reply(stats.token_ids)

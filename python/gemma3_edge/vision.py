@@ -1,10 +1,10 @@
 """Image input for Gemma 3 vision models (4B, 12B, 27B).
 
 Preprocessing follows transformers' Gemma 3 processor (Gemma3ImageProcessorPil in
-transformers 5.25): convert to RGB with transparency composited onto white, optionally cut Pan &
-Scan crops from the uint8 image, resize each image to image_size x image_size with Pillow's
-bilinear filter, rescale by 1/255 (in float64, stored as float32) and normalise with the mean and
-standard deviation stored in the vision file.
+transformers 5.25). An image is converted to RGB with transparency composited onto white, and
+Pan & Scan crops are optionally cut from the uint8 image. Each image is then resized to
+image_size x image_size with Pillow's bilinear filter, rescaled by 1/255 (in float64, stored as
+float32) and normalised with the mean and standard deviation stored in the vision file.
 
 The prompt layout is Gemma3Processor's: each image becomes
 "\\n\\n<start_of_image>" + n_tokens x <image_soft_token> + "<end_of_image>\\n\\n", the text around it
@@ -52,7 +52,7 @@ class PanAndScan:
 
     An image whose longer side is at least min_ratio_to_activate times its shorter side is also
     cut into 2 .. max_num_crops crops along the longer side, each at least min_crop_size pixels
-    on both sides; the model sees the whole image and then each crop.
+    on both sides. The prompt contains the whole image and then each crop.
     """
 
     min_crop_size: int = 256
@@ -69,7 +69,7 @@ def load_image(source: Any) -> "PILImage.Image":
     missing file."""
     try:
         from PIL import Image, UnidentifiedImageError
-    except ImportError as error:  # Pillow is a dependency, but say what is missing if it is not
+    except ImportError as error:  # Pillow is a dependency; name it if it is missing anyway
         raise ImportError("image input needs Pillow; install it with: pip install pillow") from error
 
     if isinstance(source, Image.Image):
@@ -129,8 +129,9 @@ def to_rgb_array(image: "PILImage.Image") -> np.ndarray:
 
 
 def pan_and_scan_crops(image: np.ndarray, options: PanAndScan) -> list[np.ndarray]:
-    """Cut Pan & Scan crops from a (channels, height, width) image, by Gemma3ImageProcessor's
-    rule; returns [] when the image is too close to square or the crops would be too small."""
+    """Cut Pan & Scan crops from a (channels, height, width) image by Gemma3ImageProcessor's rule.
+
+    Returns [] when the image is too close to square or the crops would be too small."""
     height, width = image.shape[1], image.shape[2]
     if width >= height:
         if width / height < options.min_ratio_to_activate:
@@ -169,7 +170,7 @@ def resize_and_normalize(image: np.ndarray, size: int, mean: Sequence[float], st
 
 def preprocess(image: Any, image_size: int, mean: Sequence[float], std: Sequence[float],
                pan_and_scan: PanAndScan | None = None) -> list[np.ndarray]:
-    """Return the pixel values of an image as the model sees it: the whole image first, then
+    """Return the pixel values of an image as the model takes them: the whole image first, then
     its Pan & Scan crops (none unless pan_and_scan is given and the image qualifies)."""
     rgb = to_rgb_array(load_image(image))
     if rgb.shape[1] < 1 or rgb.shape[2] < 1:
@@ -214,8 +215,8 @@ def image_segments(first_image: int, n_crops: int) -> list[Segment]:
 class MultimodalPrompt:
     """Token ids of a prompt with images, and what eval() needs for its image tokens.
 
-    ids holds the placeholder id at every image soft token. keys equals ids except that each
-    image's soft tokens hold a negative number derived from the image's pixels, so comparing
+    ids contains the placeholder id at every image soft token. keys equals ids except that each
+    image's soft tokens contain a negative number derived from the image's pixels, so comparing
     keys finds the longest prefix that a cache can reuse. spans[i] is the [begin, end) range of
     image i's soft tokens and features[i] its soft-token embeddings (end - begin, d_model).
     """
@@ -433,3 +434,29 @@ def parse_pan_and_scan(value: Any) -> PanAndScan | None:
         raise ValueError(f"invalid Pan & Scan options {options}: min_crop_size >= 1, max_num_crops >= 1 and "
                          "min_ratio_to_activate >= 1 are required")
     return options
+
+
+def bench_image_encode(encoder: VisionEncoder, repetitions: int = 3, seed: int = 0) -> dict:
+    """Time the vision tower on random pixel values: one warm-up encode, then `repetitions`
+    timed ones (the image cache is bypassed). Returns seconds per image (mean, stdev, runs)."""
+    import statistics
+
+    if repetitions < 1:
+        raise ValueError(f"repetitions must be >= 1, got {repetitions}")
+    size = encoder.config["image_size"]
+    pixels = np.random.default_rng(seed).uniform(-1.0, 1.0, (3, size, size)).astype(np.float32)
+    runs = []
+    for run in range(repetitions + 1):
+        started = time.perf_counter()
+        encoder._model.encode(pixels)
+        if run > 0:
+            runs.append(time.perf_counter() - started)
+    return {
+        "mean": statistics.fmean(runs),
+        "stdev": statistics.stdev(runs) if len(runs) > 1 else 0.0,
+        "runs": runs,
+        "n_patches": encoder.config["n_patches"],
+        "n_tokens": encoder.config["n_tokens"],
+        "precision": encoder.precision,
+        "weight_bytes": encoder.weight_bytes,
+    }

@@ -7,8 +7,11 @@
 #   3. a greedy generation with the C example, once with GEMMA3_EDGE_ISA=scalar and once with
 #      the default (NEON) kernels, printed as "arm64 greedy tokens isa=NAME: ID ID ...".
 # When the gemma3_edge Python package is importable, step 3 is compared with the x86-64
-# Python API on the same settings (scalar forced on both sides, and each side's default ISA),
-# and a difference fails the script.
+# Python API on the same settings. With the scalar ISA forced on both sides the tokens must be
+# equal, or the script fails. The default ISAs (NEON here, AVX2 or AVX-512 on x86-64) are
+# compared for information only, because their float sums differ in order. That flips the
+# rounding of some int8 activations, which on the default model moves logits by about as much
+# as the int8 quantization itself (0.2 to 0.7 after a few tokens), enough to change a near-tie.
 #
 # Usage: scripts/arm64/build_and_test.sh [BUILD_DIR]
 # Environment: GEMMA3_EDGE_MODEL (default: gemma3_edge.default_model_path()), JOBS (default 2),
@@ -43,8 +46,11 @@ fi
 
 echo "== configure and build for aarch64 in $build"
 mkdir -p "$build"
+# -ffp-contract=off: GCC fuses a * b + c into one FMA by default on aarch64, where the x86-64
+# baseline build has no FMA. Without fusion the scalar path does the same IEEE operations on
+# both, so its tokens can be compared exactly. NEON intrinsics are not affected.
 cmake -S "$repo" -B "$build/lib" -DCMAKE_TOOLCHAIN_FILE="$toolchain" -DGEMMA3_EDGE_PYTHON=OFF \
-  -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX="$build/prefix" >"$build/configure.log" 2>&1 ||
+  -DCMAKE_CXX_FLAGS=-ffp-contract=off -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX="$build/prefix" >"$build/configure.log" 2>&1 ||
   { cat "$build/configure.log"; exit 1; }
 cmake --build "$build/lib" -j "$jobs" --target test_vec_ops test_tokenizer test_kernels test_c_api \
   gemma3_edge gemma3_edge_static
@@ -100,9 +106,11 @@ EOF
     echo "x86-64 greedy tokens isa=$isa: $x86"
     if [[ "$x86" == "${arm_tokens[$isa]}" ]]; then
       echo "tokens equal (isa=$isa)"
-    else
-      echo "error: arm64 and x86-64 greedy tokens differ (isa=$isa)" >&2
+    elif [[ "$isa" == scalar ]]; then
+      echo "error: arm64 and x86-64 greedy tokens differ with the scalar ISA" >&2
       status=1
+    else
+      echo "note: arm64 and x86-64 greedy tokens differ with the default ISAs (expected, see the header)"
     fi
   done
   exit $status

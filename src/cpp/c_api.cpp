@@ -38,7 +38,7 @@ gemma3_edge_status fail(gemma3_edge_status status, const char* message) noexcept
   try {
     g_last_error = message;
   } catch (...) {
-    g_last_error.clear();  // no memory for the message; the status still says what failed
+    g_last_error.clear();  // no memory for the message, but the status still names the failure
   }
   return status;
 }
@@ -237,7 +237,7 @@ int32_t gemma3_edge_model_end_of_turn_token(const gemma3_edge_model* model) {
 
 int gemma3_edge_model_has_vision(const gemma3_edge_model* model) {
   (void)model;
-  return 0;  // NOTE: the loader reads the text model only; see gemma3_edge_session_add_image.
+  return 0;  // NOTE: no vision projector file can be loaded through the C API yet.
 }
 
 gemma3_edge_status gemma3_edge_tokenize(const gemma3_edge_model* model, const char* text, size_t text_len,
@@ -365,8 +365,8 @@ gemma3_edge_status gemma3_edge_session_add_image(gemma3_edge_session* session, c
     const std::string& name = session->generator->model().config().name;
     return fail(GEMMA3_EDGE_ERROR_NO_VISION_TOWER,
                 ("model '" + name +
-                 "' was loaded without a vision tower: this runtime runs the text model only, so images "
-                 "cannot be used; send a text prompt")
+                 "' was loaded without a vision tower: the C API loads the text model only, so images "
+                 "cannot be used; send a text prompt, or use the Python API with an mmproj file")
                     .c_str());
   });
 }

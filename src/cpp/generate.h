@@ -39,9 +39,9 @@ struct GenerateResult {
 };
 
 // Receives each completion token with the text that became final with it (whole UTF-8
-// characters, possibly empty), and at the end once more with token -1 and the text still
-// held back (omitted when that text is empty or generation was cancelled). Returning false
-// stops generation after this token.
+// characters, possibly empty). At the end it receives token -1 with the text still held back,
+// unless that text is empty or generation was cancelled. Returning false stops generation
+// after this token.
 using TokenCallback = std::function<bool(int32_t token, const std::string& text)>;
 
 // One conversation with a model: a KV cache and the tokens it holds.

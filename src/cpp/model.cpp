@@ -270,14 +270,14 @@ int64_t Context::cache_slots(int64_t layer) const {
 
 bool Context::truncate(int64_t n) {
   if (n < 0 || n > n_past_) {
-    throw InvalidArgument("cannot truncate the cache to " + std::to_string(n) + " positions; it holds " +
+    throw InvalidArgument("cannot truncate the cache to " + std::to_string(n) + " positions; it contains " +
                           std::to_string(n_past_));
   }
   const ModelConfig& c = model_.config();
   for (int64_t il = 0; il < c.n_layers; ++il) {
     const int64_t slots = cache_slots(il);
     if (!c.is_sliding(il) || slots >= options_.n_ctx) continue;
-    // The ring holds positions n_past - slots .. n_past - 1; the next token at position n
+    // The ring stores positions n_past - slots .. n_past - 1, and the next token at position n
     // attends to n - window + 1 .. n.
     const int64_t oldest_needed = std::max<int64_t>(0, n - c.sliding_window + 1);
     if (oldest_needed < n_past_ - slots) {

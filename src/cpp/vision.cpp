@@ -87,7 +87,7 @@ VisionConfig read_vision_config(const GGUFFile& f) {
                          "', expected 'clip' (a llama.cpp vision projector file, often named mmproj-*.gguf)");
   }
   if (!f.get_bool_or("clip.has_vision_encoder", false)) {
-    throw ModelLoadError(f.where() + "clip.has_vision_encoder is not set; the file holds no vision encoder");
+    throw ModelLoadError(f.where() + "clip.has_vision_encoder is not set, so the file contains no vision encoder");
   }
   const std::string type_key = f.has("clip.vision.projector_type") ? "clip.vision.projector_type" : "clip.projector_type";
   const std::string projector = f.get_string(type_key);

@@ -1,8 +1,7 @@
 // Tests of the C API (include/gemma3_edge.h) through the header alone, so the same file also
 // builds against the installed shared library (tests/test_c_api.py does that). Argument
-// handling and error codes run without a model; loading, tokenizing and generation run when a
-// Gemma 3 GGUF file is given as argv[1] or in GEMMA3_EDGE_MODEL, and count as skipped
-// otherwise. Stopping at EOS is tested in tests/test_c_api.py on a model made to emit it.
+// handling and error codes run without a model. Loading, tokenizing and generation need a
+// Gemma 3 GGUF file as argv[1] or in GEMMA3_EDGE_MODEL, and count as skipped without one. Stopping at EOS is tested in tests/test_c_api.py on a model made to emit it.
 // Exits non-zero on a failure and ends with "N passed, N failed, N skipped".
 #include <cstdio>
 #include <cstdlib>

@@ -84,7 +84,9 @@ int main(int argc, char** argv) {
     second.insert(second.end(), more.begin(), more.end());
     std::vector<int32_t> warm = generate_ids(generator, second, 6, nullptr);
     Generator cold(model, options);
-    check(warm == generate_ids(cold, second, 6, nullptr), "a warm second turn equals a cold one");
+    std::vector<int32_t> cold_tokens = generate_ids(cold, second, 6, nullptr);
+    check(warm == cold_tokens, std::string("a warm second turn equals a cold one with kv ") + kv_type_name(kv_type) +
+                                   ": '" + tokenizer.decode(warm) + "' vs '" + tokenizer.decode(cold_tokens) + "'");
 
     // Save and restore the cache into a fresh context of the same settings.
     Context saved(model, options);
