@@ -48,7 +48,7 @@ def _detect_symmetric(fmt: Format, x: np.ndarray) -> tuple[np.ndarray, np.ndarra
     # Fast path: the extreme value has the largest code magnitude, as every reference
     # quantizer (amax / qmax, or max / qmin) produces.
     m = np.abs(x).max(axis=1)
-    for k in dict.fromkeys((-fmt.qmin, fmt.qmax)):
+    for k in dict.fromkeys(k for k in (-fmt.qmin, fmt.qmax) if k > 0):
         todo = np.flatnonzero(~solved)
         if not len(todo):
             break

@@ -147,8 +147,9 @@ def bench_gemma3_edge(gguf_path: Path, n_threads: int, args) -> dict:
         return {"method": "gemma3_edge.bench.bench()", "results": report["results"],
                 "isa": report.get("isa"), "kv_type": model.kv_type}
 
-    # Fallback: pp from Model.logits (which returns all rows, so it is a lower bound on
-    # prefill speed), tg from greedy Model.generate with stop tokens possible.
+    # Fallback: pp from Model.logits, which returns all rows and so underestimates
+    # prefill speed. tg from greedy Model.generate, whose time includes the prefill of
+    # the 5-token prompt, divided by the tokens it generated (fewer on an early stop).
     rng = random.Random(args.seed)
     results = {}
     rates = []

@@ -5,6 +5,8 @@
 # installed (its path comes from `gemma3_edge.default_model_path()`, or GEMMA3_EDGE_MODEL).
 #
 #   scripts/run_sanitizers.sh              build and run everything
+#   scripts/run_sanitizers.sh --build      build everything, run nothing
+#   scripts/run_sanitizers.sh --run NAME   run one built program (test_kernels, ..., generate_driver)
 #   scripts/run_sanitizers.sh --build-only build the instrumented core library only
 #                                          (scripts/run_fuzzers.sh links its fuzzers against it)
 #
@@ -16,32 +18,35 @@ cd "$(dirname "$0")/.."
 
 BUILD_DIR=build/sanitize
 JOBS=${JOBS:-2}
-SANITIZE_FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
+# UBSan checks stay recoverable so that scripts/run_fuzzers.sh can apply its suppression file;
+# halt_on_error=1 below still ends a program at the first report.
+SANITIZE_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer"
 
+MODE=${1:-all}
 for tool in clang++ cmake; do
   command -v "$tool" >/dev/null || { echo "run_sanitizers.sh: $tool not found; install clang, libclang-rt-dev and cmake" >&2; exit 2; }
 done
 
-# The build lock of scripts/dev-build.sh also serialises this build, so the two never share
-# the 2 cores at once.
-exec 9>/tmp/gemma3-edge-sanitize-build.lock
-flock 9
-cmake -S . -B "$BUILD_DIR" -DGEMMA3_EDGE_PYTHON=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DCMAKE_CXX_COMPILER=clang++ \
-  -DCMAKE_CXX_FLAGS="-O1 -g $SANITIZE_FLAGS -fsanitize=fuzzer-no-link" \
-  -DCMAKE_EXE_LINKER_FLAGS="$SANITIZE_FLAGS" -DCMAKE_SHARED_LINKER_FLAGS="$SANITIZE_FLAGS" >/dev/null
-cmake --build "$BUILD_DIR" --target gemma3_edge_core -j "$JOBS" >/dev/null
-[[ "${1:-}" == "--build-only" ]] && exit 0
+# Takes the lock of scripts/dev-build.sh, so this build and an editable rebuild never compete
+# for the cores.
+exec 9>/tmp/gemma3-edge-build.lock
+if [[ "$MODE" != --run ]]; then
+  flock 9
+  cmake -S . -B "$BUILD_DIR" -DGEMMA3_EDGE_PYTHON=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_CXX_COMPILER=clang++ \
+    -DCMAKE_CXX_FLAGS="-O1 -g $SANITIZE_FLAGS -fsanitize=fuzzer-no-link" \
+    -DCMAKE_EXE_LINKER_FLAGS="$SANITIZE_FLAGS" -DCMAKE_SHARED_LINKER_FLAGS="$SANITIZE_FLAGS" >/dev/null
+  cmake --build "$BUILD_DIR" --target gemma3_edge_core -j "$JOBS" >/dev/null
+  [[ "$MODE" == --build-only ]] && exit 0
 
-tests=()
-for source in tests/cpp/*.cpp; do
-  name=$(basename "$source" .cpp)
-  cmake --build "$BUILD_DIR" --target "$name" -j "$JOBS" >/dev/null
-  tests+=("$BUILD_DIR/$name")
-done
-clang++ -std=c++17 -O1 -g $SANITIZE_FLAGS -Isrc/cpp -Iinclude tests/fuzz/generate_driver.cpp \
-  "$BUILD_DIR/libgemma3_edge_core.a" -lpthread -o "$BUILD_DIR/generate_driver"
-flock -u 9
+  for source in tests/cpp/*.cpp; do
+    cmake --build "$BUILD_DIR" --target "$(basename "$source" .cpp)" -j "$JOBS" >/dev/null
+  done
+  clang++ -std=c++17 -O1 -g $SANITIZE_FLAGS -Isrc/cpp -Iinclude tests/fuzz/generate_driver.cpp \
+    "$BUILD_DIR/libgemma3_edge_core.a" -lpthread -o "$BUILD_DIR/generate_driver"
+  flock -u 9
+fi
+[[ "$MODE" == --build ]] && exit 0
 
 MODEL=${GEMMA3_EDGE_MODEL:-$(python -c 'import gemma3_edge; print(gemma3_edge.default_model_path())' 2>/dev/null || true)}
 export GEMMA3_EDGE_MODEL=$MODEL
@@ -50,11 +55,16 @@ export GEMMA3_EDGE_MODEL=$MODEL
 export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
+programs=()
+if [[ "$MODE" == --run ]]; then
+  programs=("$2")
+else
+  for source in tests/cpp/*.cpp; do programs+=("$(basename "$source" .cpp)"); done
+  programs+=(generate_driver)
+fi
 status=0
-for program in "${tests[@]}"; do
+for program in "${programs[@]}"; do
   echo "== $program"
-  "$program" "$MODEL" | tail -n 3 || { echo "FAILED: $program" >&2; status=1; }
+  "$BUILD_DIR/$program" "$MODEL" | tail -n 3 || { echo "FAILED: $program" >&2; status=1; }
 done
-echo "== $BUILD_DIR/generate_driver $MODEL"
-"$BUILD_DIR/generate_driver" "$MODEL" || { echo "FAILED: generate_driver" >&2; status=1; }
 exit $status

@@ -69,7 +69,7 @@ def _f32_summary(model, name: str) -> dict:
     summary["at_top_ids"] = np.take_along_axis(logits, case["top_ids"].astype(np.int64), axis=1)
     summary["max_abs"] = np.abs(logits).max(axis=1)
     summary["logsumexp"] = np.empty(len(logits))
-    for start in range(0, len(logits), 128):  # float64 blocks of 128 MiB
+    for start in range(0, len(logits), 128):  # float64 blocks of 256 MiB
         block = logits[start:start + 128].astype(np.float64)
         peak = block.max(axis=1, keepdims=True)
         summary["logsumexp"][start:start + 128] = peak[:, 0] + np.log(np.exp(block - peak).sum(axis=1))
@@ -100,8 +100,8 @@ def test_tokenize_matches_reference(f32_model, name):
     expected = case["ids"].tolist()
     if name in CONTINUATION_NAMES:
         expected = expected[:case["n_prompt"]]
-    # special=True: the chat prompt's <start_of_turn> markers are special tokens in
-    # the reference; the other texts contain no special-token strings.
+    # special=True because the reference parsed the chat prompt's <start_of_turn>
+    # markers as special tokens. The other texts contain no special-token strings.
     ours = f32_model.tokenize(case["text"], add_bos=True, special=True)
     first_diff = next((i for i, (a, b) in enumerate(zip(ours, expected)) if a != b),
                       min(len(ours), len(expected)))
@@ -132,7 +132,7 @@ def test_f32_top64_logits(f32_model, name):
 @pytest.mark.parametrize("name", PROMPT_NAMES)
 def test_f32_max_abs_and_logsumexp(f32_model, name):
     # |delta max|logit|| and |delta logsumexp| are each <= max|delta logit| over the
-    # row, so the row bar bounds them too; they cover the whole vocabulary at every
+    # row, so the row bar bounds them too. They cover the whole vocabulary at every
     # position, where the stored rows cover only a few positions.
     case = _prompt(name)
     summary = _f32_summary(f32_model, name)
