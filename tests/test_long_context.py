@@ -8,7 +8,7 @@ import pytest
 import gemma3_edge
 
 PROMPT_TOKENS = 16384
-GENERATED = 64
+GENERATED = 256
 
 
 @pytest.mark.slow
