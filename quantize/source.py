@@ -436,6 +436,10 @@ def _open_gguf(path: Path) -> Source:
     try:
         reader = gguf.GGUFReader(str(path))
     except (ValueError, KeyError) as error:
+        if "GGMLQuantizationType" in str(error):
+            raise ValueError(f"{path}: a tensor type is unknown to the gguf package ({error}); files with the "
+                             "project's own types (per-channel int8/int4, SFP8) cannot be converted again, "
+                             "convert from their source instead") from error
         raise ValueError(f"{path}: the gguf package cannot read this file ({error})") from error
     fields = {name: _field_value(f) for name, f in reader.fields.items()}
     arch = fields.get("general.architecture")
