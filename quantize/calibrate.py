@@ -139,7 +139,7 @@ class Calibration:
 
     n_tokens: int
     hessian: dict = field(default_factory=dict)
-    residuals: list = field(default_factory=list)  # per chunk: residual stream at each layer input
+    residuals: list = field(default_factory=list)  # first chunk: residual stream at each layer input
     chunks: list = field(default_factory=list)     # token ids per chunk
 
     def for_tensor(self, name: str) -> np.ndarray | None:
@@ -187,11 +187,12 @@ def collect(source: Source, weights: dict[str, np.ndarray], text: str, n_ctx: in
     forward = Forward(ModelShape.from_source(source), weights)
     calibration = Calibration(n_tokens=0, chunks=chunks)
     iterator = progress(chunks, desc="calibration", unit="chunk") if progress else chunks
-    for chunk in iterator:
+    for index, chunk in enumerate(iterator):
+        keep = keep_residuals and index == 0
         h = forward.embed(chunk)
         stream = []
         for i in range(forward.shape.n_layers):
-            if keep_residuals:
+            if keep:
                 stream.append(h)
             inputs: dict = {}
             h = forward.layer(i, h, inputs)
@@ -200,7 +201,7 @@ def collect(source: Source, weights: dict[str, np.ndarray], text: str, n_ctx: in
                 acc = calibration.hessian.get((i, key))
                 product = x64.T @ x64
                 calibration.hessian[(i, key)] = product if acc is None else acc + product
-        if keep_residuals:
+        if keep:
             stream.append(h)
             calibration.residuals.append(stream)
         calibration.n_tokens += len(chunk)

@@ -1,13 +1,12 @@
 """Mixed precision under a size budget: a format per tensor that minimises the estimated loss.
 
 Each attention and feed-forward tensor is encoded in every candidate format that fits its rows
-(plus, at zero error, the grid it already lies on). The loss of a choice is estimated by the
-tensor's output error trace(dW H dW^T) / tokens with H from calibration: the mean squared error
-it adds to the layer's output. A greedy pass over the lower convex hull of each tensor's
-(bytes, loss) points then spends the budget where it lowers the total loss most per byte.
-
-NOTE: the loss of a tensor is its layer-output error, not a measured KL divergence of the
-model's output; tensors whose errors the rest of the network amplifies more are not weighted up.
+(plus, at zero error, the grid it already lies on). A choice's layer-output error is
+e = trace(dW H dW^T) / tokens, with H from calibration. The tensor's sensitivity is measured
+once: the KL divergence of the model's next-token distribution when only that tensor is
+replaced by its cheapest candidate, divided by that candidate's e. The estimated KL of each
+choice is sensitivity * e. A greedy pass over the lower convex hull of each tensor's
+(bytes, estimated KL) points spends the budget where it lowers the total most per byte.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import numpy as np
 from .encode import Encoded, encode_tensor
 from .formats import FORMATS, pack
 from .grid import DETECTION_ORDER, detect_grid
-from .schemes import MIXED_CANDIDATES
+from .schemes import MIXED_LEVELS
 
 
 def _candidates(plan, weights, calibration, options) -> list[Encoded]:
@@ -38,10 +37,11 @@ def _candidates(plan, weights, calibration, options) -> list[Encoded]:
                     if grid is not None:
                         found.append(Encoded(fmt, pack(fmt, *grid).reshape(-1), "grid"))
                         break
-    for name in MIXED_CANDIDATES:
-        fmt = FORMATS[name]
-        if t.shape[-1] % fmt.block_size:
+    for level in MIXED_LEVELS:
+        fitting = [FORMATS[n] for n in level if t.shape[-1] % FORMATS[n].block_size == 0]
+        if not fitting:
             continue
+        fmt = fitting[0]
         if found and found[0].fmt.bits_per_weight <= fmt.bits_per_weight:
             continue  # an exact grid at no more bits beats any rounding
         enc = encode_tensor(w, fmt, grid=options.grid, search=options.search, importance=importance,
@@ -70,11 +70,57 @@ def _hull(points: list[tuple[int, float, int]]) -> list[tuple[int, float, int]]:
     return kept
 
 
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def measure_sensitivity(source, weights, calibration, candidates, options, progress) -> dict[str, float]:
+    """KL divergence per unit layer-output error for every tensor with a lossy candidate."""
+    from .calibrate import Forward, ModelShape
+    from .formats import dequantize
+
+    n_tokens = min(options.sensitivity_tokens, len(calibration.chunks[0]))
+    n_scored = max(1, n_tokens // 4)
+    stream = [h[:n_tokens] for h in calibration.residuals[0]]
+    forward = Forward(ModelShape.from_source(source), weights)
+    reference = _log_softmax(forward.logits(forward.final_hidden(stream[-1][-n_scored:])))
+    p_reference = np.exp(reference)
+    sensitivity = {}
+    names = [n for n, encs in candidates.items() if encs[0].abs_output_error > 0]
+    iterator = progress(names, desc="sensitivity", unit="tensor") if progress else names
+    for name in iterator:
+        cheapest = candidates[name][0]
+        rows, cols = weights[name].shape
+        original = weights[name]
+        weights[name] = dequantize(cheapest.fmt, cheapest.raw, rows, cols)
+        try:
+            layer = int(name.split(".")[1])
+            h = stream[layer]
+            for i in range(layer, forward.shape.n_layers):
+                h = forward.layer(i, h)
+            perturbed = _log_softmax(forward.logits(forward.final_hidden(h[-n_scored:])))
+        finally:
+            weights[name] = original
+        kl = float((p_reference * (reference - perturbed)).sum(axis=1).mean())
+        sensitivity[name] = max(kl, 0.0) / cheapest.abs_output_error
+    return sensitivity
+
+
 def allocate(source, plans, weights, calibration, options, progress):
     """Choose an Encoded per "mixed" plan within options.target_size or options.target_bpw."""
     mixed = [p for p in plans if p.mode == "mixed"]
     iterator = progress(mixed, desc="candidates", unit="tensor") if progress else mixed
     options_by_tensor = {p.tensor.name: _candidates(p, weights, calibration, options) for p in iterator}
+    for encs in options_by_tensor.values():
+        encs.sort(key=lambda e: len(e.raw))
+    if calibration is not None and calibration.residuals:
+        sensitivity = measure_sensitivity(source, weights, calibration, options_by_tensor, options, progress)
+        typical = float(np.median(list(sensitivity.values()))) if sensitivity else 1.0
+        for name, encs in options_by_tensor.items():
+            for e in encs:
+                e.abs_output_error *= sensitivity.get(name, typical)
 
     n_mixed = sum(p.tensor.n_elements for p in mixed)
     if options.target_bpw is not None:

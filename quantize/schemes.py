@@ -34,9 +34,10 @@ PRESETS = {
     "mixed": {"embedding": "q8_0", "attention": "mixed", "feed_forward": "mixed"},
 }
 
-# Formats the budgeted search chooses from (all run by the runtime's integer kernels and by
-# llama.cpp), cheapest first.
-MIXED_CANDIDATES = ("Q4_0", "Q4_K", "Q5_0", "Q5_K", "Q6_K", "Q8_0")
+# Formats the budgeted search chooses from, one per size level: the K-quant where the row
+# length is a multiple of 256 (lower error at the same size), else the block-32 type. All run
+# with the runtime's integer kernels and in llama.cpp.
+MIXED_LEVELS = (("Q4_K", "Q4_0"), ("Q5_K", "Q5_0"), ("Q6_K",), ("Q8_0",))
 
 # A format whose block does not divide a row falls back to the next entry that does.
 FALLBACK = {

@@ -164,3 +164,41 @@ def test_default_model_assembly_interrupted(tmp_path, monkeypatch):
     assert target.read_bytes() == chunk.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chunk.bin", "model.gguf"]
     assert os.path.getsize(target) == 1000
+
+
+def write_gguf_output(path: Path, fill: int, fail_at_tensor: int | None = None,
+                      error: BaseException | None = None) -> None:
+    from quantize.gguf_file import UINT32, GGUFOutput
+
+    output = GGUFOutput(path)
+    output.add("general.alignment", UINT32, 32)
+    for index in range(3):
+        output.add_tensor(f"t{index}", (4, 8), 0, 4 * 8 * 4)
+
+    def produce(entry):
+        if fail_at_tensor is not None and entry.name == f"t{fail_at_tensor}":
+            raise error
+        return bytes([fill]) * entry.n_bytes
+
+    output.write(produce)
+
+
+@pytest.mark.parametrize("case_id, step, number, error", INTERRUPTIONS + [("producer", "produce", 2, Interrupted("bad tensor"))],
+                         ids=[c[0] for c in INTERRUPTIONS] + ["producer"])
+def test_converted_model_write_interrupted(tmp_path, monkeypatch, case_id, step, number, error):
+    gguf_file = pytest.importorskip("quantize.gguf_file")
+    path = tmp_path / "converted.gguf"
+    write_gguf_output(path, fill=1)
+    old = path.read_bytes()
+    if step == "produce":
+        with pytest.raises(type(error)):
+            write_gguf_output(path, fill=2, fail_at_tensor=number, error=error)
+    else:
+        interrupt(monkeypatch, gguf_file, step, number, error)
+        with pytest.raises(type(error)):
+            write_gguf_output(path, fill=2)
+        monkeypatch.undo()
+    assert path.read_bytes() == old, f"{case_id}: the old converted model changed"
+    assert leftovers(tmp_path, path.name) == [], f"{case_id}: a temporary file was left behind"
+    write_gguf_output(path, fill=2)
+    assert path.read_bytes() != old

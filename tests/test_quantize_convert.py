@@ -174,7 +174,7 @@ def test_unsupported_architecture_rejected(tmp_path):
 
 
 def test_failed_conversion_leaves_no_file(checkpoints, tmp_path, monkeypatch):
-    import gemma3_edge.quantize.convert as conv
+    conv = importlib.import_module("gemma3_edge.quantize.convert")  # the module, not the function
 
     def broken(*args, **kwargs):
         raise RuntimeError("injected failure")
@@ -211,3 +211,20 @@ def test_cli_rejects_unsupported_input(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert "MistralForCausalLM is not supported" in run.stderr
+
+
+def test_mixed_precision_meets_budget(checkpoints, tmp_path):
+    report = convert(checkpoints["wide"], tmp_path / "mixed.gguf",
+                     ConvertOptions(preset="mixed", target_bpw=5.5, calibration_chunks=4, progress=False))
+    assert report.bits_per_weight(("attention", "feed_forward")) <= 5.5
+    linear = {t.format for t in report.tensors if t.role in ("attention", "feed_forward")}
+    assert linear <= {"Q4_K", "Q5_K", "Q6_K", "Q8_0"}
+    assert any("mixed precision" in note for note in report.notes)
+
+
+def test_mixed_precision_rejects_impossible_budget(checkpoints, tmp_path):
+    with pytest.raises(ValueError, match="raise the target"):
+        convert(checkpoints["wide"], tmp_path / "mixed.gguf",
+                ConvertOptions(preset="mixed", target_bpw=3.0, calibration_chunks=2, progress=False))
+    with pytest.raises(ValueError, match="--target-size BYTES or --target-bpw"):
+        convert(checkpoints["wide"], tmp_path / "mixed.gguf", ConvertOptions(preset="mixed", progress=False))

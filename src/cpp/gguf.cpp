@@ -27,8 +27,8 @@ constexpr uint64_t kMaxArrayNesting = 1;     // arrays of arrays are read, deepe
 // about 15 times its own size.
 constexpr uint64_t kMaxMetadataCount = 1 << 16;
 constexpr uint64_t kMaxTensorCount = 1 << 16;
-// Smallest encodings: a metadata pair is an empty key (8), its type (4) and a one-byte value;
-// a tensor entry is an empty name (8), n_dims (4), one dimension (8), type (4) and offset (8).
+// Smallest encodings in bytes. A metadata pair is an empty key (8), its type (4) and a one-byte
+// value. A tensor entry is an empty name (8), n_dims (4), one dimension (8), type (4) and offset (8).
 constexpr uint64_t kMinMetadataBytes = 13;
 constexpr uint64_t kMinTensorInfoBytes = 32;
 
@@ -219,8 +219,8 @@ bool f32_bits_nonfinite(uint32_t bits) { return (bits & 0x7F800000u) == 0x7F8000
 bool f16_bits_nonfinite(uint16_t bits) { return (bits & 0x7C00u) == 0x7C00u; }
 bool bf16_bits_nonfinite(uint16_t bits) { return (bits & 0x7F80u) == 0x7F80u; }
 
-// Byte offsets of the fp16 scale fields inside one block of a quantized type (d, and the
-// min or dmin where the type has one); the integer codes between them cannot be NaN.
+// Byte offsets of the fp16 scale fields inside one block of a quantized type: d, and the min
+// or dmin where the type has one. The integer codes between them cannot be NaN.
 struct ScaleFields {
   size_t offsets[2];
   int count;
@@ -456,7 +456,7 @@ void GGUFFile::parse() {
     throw ModelLoadError(path_ + ": file is truncated before the tensor data section");
   }
   uint64_t data_size = size_ - data_start;
-  // Sort by offset to find overlaps between tensors.
+  // Sorted by offset for the overlap and packing checks.
   std::vector<const GGUFTensorInfo*> by_offset;
   for (auto& t : tensors_) {
     if (t.offset > data_size || static_cast<uint64_t>(t.n_bytes) > data_size - t.offset) {
@@ -499,7 +499,8 @@ void GGUFFile::parse() {
     }
   }
 
-  // NaN or infinity in a weight or a block scale turns every activation downstream into NaN.
+  // A NaN or infinite weight or block scale makes the forward pass return NaN or silently wrong
+  // values, depending on where it sits, so such a file is rejected here.
   for (const GGUFTensorInfo& t : tensors_) {
     const int64_t at = first_nonfinite_element(t);
     if (at < 0) continue;

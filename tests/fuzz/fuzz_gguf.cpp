@@ -1,5 +1,5 @@
 // libFuzzer target: a GGUF file of arbitrary bytes goes through the reader, every typed
-// accessor, the configuration reader and the whole model loader; a file that loads then runs
+// accessor, the configuration reader and the whole model loader. A file that loads then runs
 // one forward step and a sampling step. A malformed file must end in ModelLoadError (or
 // InvalidArgument for context settings the model cannot take), never in a crash, a sanitizer
 // report, an uncaught exception or an allocation over libFuzzer's -malloc_limit_mb.
