@@ -19,7 +19,7 @@ from .source import SLIDING_PATTERN, Source
 
 DEFAULT_CALIBRATION_FILE = Path(__file__).resolve().parent / "data" / "calibration.txt"
 
-# Which collected input feeds which weight.
+# Collected input (by name) of each linear weight.
 INPUT_OF = {"attn_q": "attn_in", "attn_k": "attn_in", "attn_v": "attn_in", "attn_output": "attn_out",
             "ffn_gate": "ffn_in", "ffn_up": "ffn_in", "ffn_down": "ffn_mid"}
 
@@ -170,7 +170,7 @@ def calibration_chunks(token_ids: list[int], bos_id: int, n_ctx: int, n_chunks: 
 
 
 def tokenizer_for(source: Source):
-    """The runtime's tokenizer over the source vocabulary."""
+    """Build the runtime's tokenizer over the source vocabulary."""
     from gemma3_edge import _core
 
     v = source.vocab

@@ -28,7 +28,7 @@ _FILE_TYPE_GUESSED = 1024
 
 @dataclass
 class ConvertOptions:
-    """What convert() does; every quantization-aware step can be switched off to measure it."""
+    """Conversion settings. Every quantization-aware step can be switched off to measure it."""
 
     preset: str = "q4_0"
     embedding: str | None = None      # scheme overrides per role
@@ -303,7 +303,7 @@ def _encode_planned(p: _Plan, weights, calibration: Calibration | None, options:
 
 
 def _lossless(w: np.ndarray) -> Encoded:
-    """The smallest format that stores w exactly: a detected grid, else BF16, F16 or F32."""
+    """Encode w in the smallest format that stores it exactly: a detected grid, else BF16, F16 or F32."""
     w2 = w.reshape(-1, w.shape[-1]) if w.ndim > 1 else w.reshape(1, -1)
     for name in DETECTION_ORDER:
         fmt = FORMATS[name]

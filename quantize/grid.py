@@ -196,7 +196,7 @@ def _detect_kquant(fmt: Format, x: np.ndarray):
     sub = x.reshape(-1, g)
     if fmt.affine:
         # The smallest value of a sub-block usually has code 0, so its negation is the
-        # sub-block's min; blocks where that fails are repaired by a search.
+        # sub-block's min. A search repairs the super-blocks where that fails.
         lo = sub.min(axis=1)
         shifted = (sub.astype(np.float64) - lo[:, None].astype(np.float64)).astype(np.float32)
         n, u = _units(shifted)
@@ -307,7 +307,8 @@ def _detect(fmt: Format, x: np.ndarray) -> tuple[np.ndarray, Grid] | None:
 
 
 def find_grid(weights: np.ndarray, candidates=DETECTION_ORDER, max_bits: float | None = None):
-    """The first format in candidates (within max_bits per weight) whose grid fits exactly."""
+    """Return codes and grid of the first format in candidates (within max_bits per weight)
+    whose grid reproduces the weights exactly, or None."""
     from .formats import FORMATS
 
     for name in candidates:

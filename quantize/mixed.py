@@ -175,7 +175,10 @@ def _fixed_bytes(source, plans) -> int:
         shape = p.tensor.shape
         fmt = FORMATS["Q4_0"] if p.mode == "mixed" else p.fmt
         cols = shape[-1]
-        n = row_bytes(fmt, cols) * (int(np.prod(shape[:-1])) if len(shape) > 1 else 1) if cols % fmt.block_size == 0 else 0
+        rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+        n = 0
+        if cols % fmt.block_size == 0:
+            n = row_bytes(fmt, cols) * rows
         out.add_tensor(p.tensor.name, shape, fmt.type_id, n)
         if p.mode != "mixed":
             total += n + (-n % gf.ALIGNMENT)

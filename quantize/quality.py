@@ -1,4 +1,4 @@
-"""How close a quantized file is to its source: KL divergence, top-1 agreement, perplexity.
+"""Quality of a quantized file against its source: KL divergence, top-1 agreement, perplexity.
 
 The chunks are those of llama.cpp's llama-perplexity --kl-divergence: the text (without one
 trailing newline) is tokenized once with BOS, cut into chunks of n_ctx tokens whose first token
@@ -82,8 +82,6 @@ def quality(source: str | Path, quantized: str | Path, text: str, *, n_ctx: int 
     kl_all = np.concatenate(kl)
     ppl_ref = math.exp(float(np.concatenate(nll_ref).mean()))
     ppl_cand = math.exp(float(np.concatenate(nll_cand).mean()))
-    from .formats import FORMATS_BY_ID  # noqa: F401  (formats known to the converter)
-
     return {
         "source": str(source), "quantized": str(quantized), "n_ctx": n_ctx, "n_chunks": n_chunks,
         "n_scored": int(kl_all.size),

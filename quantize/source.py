@@ -1,8 +1,8 @@
 """Conversion inputs: a Hugging Face Gemma 3 checkpoint directory or a GGUF file.
 
 Both are read into one description: the gemma3.* hyperparameters, the SentencePiece vocabulary
-as llama.cpp stores it (tokenizer.ggml.*), and the text model's tensors under GGUF names, each
-loadable as float32 with Gemma's (1 + w) already folded into the RMSNorm weights, as the
+as llama.cpp stores it (tokenizer.ggml.*), and the text model's tensors under GGUF names. Each
+tensor loads as float32, with Gemma's (1 + w) already folded into the RMSNorm weights as the
 runtime and llama.cpp expect.
 """
 

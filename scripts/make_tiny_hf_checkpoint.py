@@ -36,10 +36,10 @@ GOLDEN_TEXT = ("First Citizen: Before we proceed any further, hear me speak. The
 SPECIAL_TOKENS = {0: "<pad>", 1: "<eos>", 2: "<bos>", 3: "<unk>"}
 TURN_TOKENS = ("<start_of_turn>", "<end_of_turn>")
 
-# Odd sizes on purpose: "text" has rows that no K-quant or 128-wide block divides (fallbacks),
-# seven layers (layer 5 is global) and linear RoPE scaling; "wide" has rows of 256 and 512 for
-# the K-quants and the project's 128-wide formats; "multimodal" is a Gemma3ForConditionalGeneration
-# with a vision tower and more embedding rows than tokenizer pieces.
+# Odd sizes on purpose. "text" has rows that no K-quant or 128-wide block divides (fallbacks),
+# seven layers (layer 5 is global) and linear RoPE scaling. "wide" has rows of 256 and 512 for
+# the K-quants and the project's 128-wide formats. "multimodal" is a
+# Gemma3ForConditionalGeneration with a vision tower and more embedding rows than tokenizer pieces.
 CONFIGS = {
     "text": {"architecture": "Gemma3ForCausalLM", "dtype": "bfloat16", "seed": 1,
              "text": {"hidden_size": 96, "intermediate_size": 160, "num_hidden_layers": 7,

@@ -115,11 +115,6 @@ def test_chat_usage_with_another_thread_waiting(model):
     assert received[-1]["choices"][0]["finish_reason"] == expected[1]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "model.py guards the context with threading.RLock, which only its owner thread may release: a "
-    "stream started on one thread and closed on another (as Starlette's iterate_in_threadpool does) "
-    "raises RuntimeError and leaves the lock held, so every later call blocks forever. "
-    "Fix: self._lock = threading.Lock() in Model.__init__ (no method takes the lock twice)"))
 def test_stream_consumed_across_threads(default_model_file):
     # A model of its own: a leaked lock would block every later test that used a shared one.
     model = gemma3_edge.Model(default_model_file, n_ctx=N_CTX, n_threads=2)

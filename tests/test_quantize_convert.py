@@ -115,7 +115,7 @@ def test_report_counts_bits_per_weight(checkpoints, tmp_path):
 
 def test_narrow_rows_fall_back(checkpoints, tmp_path):
     # "text" has rows of 96 and 160 elements: no K-quant block (256) fits, so Q4_K falls back
-    # to Q5_0 as llama.cpp does, and the report says why.
+    # to Q5_0 as llama.cpp does, and the report gives the reason.
     report = convert(checkpoints["text"], tmp_path / "text-q4_k.gguf",
                      ConvertOptions(preset="q4_k", progress=False, calibration=False))
     linear = [t for t in report.tensors if t.role in ("attention", "feed_forward")]

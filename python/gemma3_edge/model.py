@@ -133,7 +133,9 @@ class Model:
                 f"n_ctx {n_ctx} exceeds the model's context length {max_context}; pass n_ctx <= {max_context}"
             )
         self._context = _core.Context(self._model, n_ctx, n_batch, n_threads, kv_type)
-        self._lock = threading.RLock()
+        # A plain Lock, not an RLock: a stream may be started on one thread and closed on another
+        # (Starlette iterates streams in a thread pool), and no method takes the lock twice.
+        self._lock = threading.Lock()
         self._cached_tokens: list[int] = []  # the tokens whose keys and values are in the context
         # Recent generated replies (stripped text -> token ids), so a chat prompt that quotes a reply
         # uses the tokens that were generated and keeps the cache, rather than a re-tokenization.
@@ -582,9 +584,8 @@ class Model:
 
     def reply_tokens(self, text: str) -> list[int] | None:
         """Token ids generated for a recent reply whose stripped text is text, or None."""
-        with self._lock:
-            ids = self._reply_tokens.get(text)
-            return list(ids) if ids is not None else None
+        ids = self._reply_tokens.get(text)  # one dict lookup: atomic, so no lock is needed
+        return list(ids) if ids is not None else None
 
     def _reuse_before_image(self, reused: int, multimodal) -> int:
         """Move a reused prefix that would end inside an image's tokens back to the image's start."""

@@ -45,7 +45,7 @@ bool g3e_dequantize_row(uint32_t type, const void* src, float* dst, int64_t n);
 
 // SFP8 code -> value. Bit 7 is the sign. With bit 6 set, bits 5-3 are the exponent e and bits
 // 2-0 the mantissa m: 2^(e-7) * (1 + m/8), covering [2^-7, 1.875]. With bit 6 clear, bits 5-2
-// are e and bits 1-0 m: 2^(e-23) * (1 + m/4), covering [2^-23, 2^-7); code 0 (and 0x80) is 0.
+// are e and bits 1-0 m: 2^(e-23) * (1 + m/4), covering [2^-23, 2^-7). Code 0 (and 0x80) is 0.
 float sfp8_to_fp32(uint8_t code);
 
 }  // namespace g3e
