@@ -16,6 +16,11 @@ namespace {
 
 std::vector<float> load_vector(const GGUFFile& f, const std::string& name, int64_t n) {
   const GGUFTensorInfo& t = f.require_tensor(name, {n});
+  const GGMLTypeInfo* info = ggml_type_info(static_cast<uint32_t>(t.type));
+  if (!info || !info->can_dequantize) {
+    throw ModelLoadError(f.where() + "tensor '" + name + "' has type " + (info ? info->name : "unknown") +
+                         ", which this runtime cannot read; store norm vectors as f32, f16 or bf16");
+  }
   std::vector<float> out(n);
   dequantize_row(t.type, t.data, out.data(), n);
   for (float v : out) {
@@ -116,7 +121,11 @@ Model::Model(const std::string& path, Precision precision)
   config_ = read_config(f);
   ModelConfig& c = config_;
 
-  tokenizer_ = std::make_unique<Tokenizer>(read_tokenizer_spec(f));
+  try {
+    tokenizer_ = std::make_unique<Tokenizer>(read_tokenizer_spec(f));
+  } catch (const std::invalid_argument& e) {
+    throw ModelLoadError(f.where() + "invalid tokenizer: " + e.what());
+  }
   c.end_of_turn_id = tokenizer_->piece_to_id("<end_of_turn>");
 
   const GGUFTensorInfo* embd = f.find_tensor("token_embd.weight");
