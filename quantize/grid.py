@@ -126,21 +126,39 @@ def _kquant_parameters(values: np.ndarray, levels: int, signed: bool, reducible:
     ints = np.zeros(values.shape, dtype=np.int64)
     solved = g == 0
     low = -levels - 1 if signed else 0
-    for divisor in range(1, 64):
-        todo = ~solved & (g % divisor == 0) & np.isfinite(u)
+    # Every valid divisor reproduces the values. The largest one gives the largest sub-block
+    # integers, which is what llama.cpp's quantizers store (the largest scale maps to 63 or
+    # -128), so its blocks come back byte for byte.
+    exact = np.zeros_like(solved)
+    for divisor in range(1, levels + 2):
+        todo = (g % divisor == 0) & (g > 0) & np.isfinite(u)
         if not todo.any():
-            break
+            continue
         step = (g[todo] // divisor).astype(np.float64) * u[todo]
         k = n[todo] // (g[todo] // divisor)[:, None]
-        if reducible:
-            k = _reduce_integers(k, levels)
         candidate = step.astype(np.float32)
         ok = _is_f16(candidate) & (candidate.astype(np.float64) == step)
         ok &= (k.min(axis=1) >= low) & (k.max(axis=1) <= levels)
         index = np.flatnonzero(todo)[ok]
         d[index] = candidate[ok]
         ints[index] = k[ok]
-        solved[index] = True
+        exact[index] = True
+    solved |= exact
+    if reducible:
+        # A step found as a multiple of the true one: divide the integers above the limit.
+        for divisor in range(1, levels + 2):
+            todo = ~solved & (g % divisor == 0) & np.isfinite(u)
+            if not todo.any():
+                break
+            step = (g[todo] // divisor).astype(np.float64) * u[todo]
+            k = _reduce_integers(n[todo] // (g[todo] // divisor)[:, None], levels)
+            candidate = step.astype(np.float32)
+            ok = _is_f16(candidate) & (candidate.astype(np.float64) == step)
+            ok &= (k.min(axis=1) >= low) & (k.max(axis=1) <= levels)
+            index = np.flatnonzero(todo)[ok]
+            d[index] = candidate[ok]
+            ints[index] = k[ok]
+            solved[index] = True
     return d, ints, solved
 
 

@@ -514,6 +514,16 @@ void GGUFFile::parse() {
   }
 }
 
+void GGUFFile::release_pages(const GGUFTensorInfo& tensor) const {
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(tensor.data) / page * page;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(tensor.data) + static_cast<uintptr_t>(tensor.n_bytes);
+  if (end > begin) {
+    // Advice only: a failure leaves the pages resident, which is harmless.
+    ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  }
+}
+
 const GGUFValue* GGUFFile::find(const std::string& key) const {
   auto it = metadata_.find(key);
   return it == metadata_.end() ? nullptr : &it->second;

@@ -91,6 +91,11 @@ class GGUFFile {
   // Throws ModelLoadError when the tensor is missing or its shape differs.
   const GGUFTensorInfo& require_tensor(const std::string& name, const std::vector<int64_t>& shape) const;
 
+  // Lets the kernel drop the resident pages of a tensor's bytes (they are read again from the
+  // file if touched). Called after a tensor was copied or repacked, so the mapping does not add
+  // to the process's peak resident memory.
+  void release_pages(const GGUFTensorInfo& tensor) const;
+
   // Message prefix "<path>: " for errors about this file.
   std::string where() const { return path_ + ": "; }
 

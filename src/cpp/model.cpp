@@ -40,8 +40,12 @@ PackedWeight load_matrix(const GGUFFile& f, const std::string& name, int64_t row
                          (info ? info->name : "unknown") + ", which this runtime cannot run");
   }
   try {
-    return pack_weight(t.type, t.data, rows, cols,
-                       precision == Precision::kF32 ? PackMode::kF32 : PackMode::kQuantized);
+    PackedWeight packed = pack_weight(t.type, t.data, rows, cols,
+                                      precision == Precision::kF32 ? PackMode::kF32 : PackMode::kQuantized);
+    // NOTE: every layout the kernels use is a copy (the PackedWeight owns its data), so the
+    // file's pages are not needed after packing.
+    f.release_pages(t);
+    return packed;
   } catch (const std::invalid_argument& e) {
     throw ModelLoadError(f.where() + "tensor '" + name + "': " + e.what());
   }
