@@ -48,6 +48,9 @@ def add_subcommands(sub) -> None:
                       help="with --preset mixed: maximum file size, e.g. 241.4MB")
     conv.add_argument("--target-bpw", type=float, default=None,
                       help="with --preset mixed: bits per weight over the attention and feed-forward tensors")
+    conv.add_argument("--mixed-project-formats", action="store_true",
+                      help="with --preset mixed: also use per-channel int4 (4.125 bits per weight; the runtime "
+                           "dequantizes it to float32 at load, llama.cpp cannot load it)")
     conv.add_argument("--report", type=Path, default=None, help="write the per-tensor report as JSON to this file")
     conv.add_argument("-q", "--quiet", action="store_true", help="no progress bars, summary only")
     conv.set_defaults(func=_cmd_convert)
@@ -73,6 +76,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         grid=not args.no_grid, search=not args.no_search, calibration=not args.no_calibration,
         calibration_file=args.calibration, calibration_chunks=args.calibration_chunks,
         calibration_ctx=args.calibration_ctx, target_size=args.target_size, target_bpw=args.target_bpw,
+        mixed_project_formats=args.mixed_project_formats,
         progress=not args.quiet)
     report = convert(args.input, args.output, options)
     print(report.summary(per_tensor=not args.quiet))

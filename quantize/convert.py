@@ -43,6 +43,7 @@ class ConvertOptions:
     target_size: int | None = None    # 4. mixed precision: file size in bytes
     target_bpw: float | None = None   #    or bits per weight over the attention and feed-forward tensors
     sensitivity_tokens: int = 256     #    tokens per sensitivity measurement
+    mixed_project_formats: bool = False  # also choose per-channel int4 (run on the float32 path)
     progress: bool = True
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from .encode import Encoded, encode_tensor
 from .formats import FORMATS, pack
 from .grid import DETECTION_ORDER, detect_grid
-from .schemes import MIXED_LEVELS
+from .schemes import MIXED_LEVELS, MIXED_PROJECT_LEVELS
 
 
 def _candidates(plan, weights, calibration, options) -> list[Encoded]:
@@ -37,7 +37,8 @@ def _candidates(plan, weights, calibration, options) -> list[Encoded]:
                     if grid is not None:
                         found.append(Encoded(fmt, pack(fmt, *grid).reshape(-1), "grid"))
                         break
-    for level in MIXED_LEVELS:
+    levels = (MIXED_PROJECT_LEVELS if options.mixed_project_formats else ()) + MIXED_LEVELS
+    for level in levels:
         fitting = [FORMATS[n] for n in level if t.shape[-1] % FORMATS[n].block_size == 0]
         if not fitting:
             continue
@@ -130,7 +131,7 @@ def allocate(source, plans, weights, calibration, options, progress):
         budget = int(options.target_size) - fixed
     hulls = {}
     for name, encs in options_by_tensor.items():
-        hulls[name] = _hull([(len(e.raw), e.abs_output_error, i) for i, e in enumerate(encs)])
+        hulls[name] = _hull([(_padded(len(e.raw)), e.abs_output_error, i) for i, e in enumerate(encs)])
     position = {name: 0 for name in hulls}
     spent = sum(h[0][0] for h in hulls.values())
     if spent > budget:
@@ -181,7 +182,12 @@ def _fixed_bytes(source, plans) -> int:
             n = row_bytes(fmt, cols) * rows
         out.add_tensor(p.tensor.name, shape, fmt.type_id, n)
         if p.mode != "mixed":
-            total += n + (-n % gf.ALIGNMENT)
-        else:
-            total += gf.ALIGNMENT  # worst-case padding of a mixed tensor
+            total += _padded(n)
     return total + len(out._header())
+
+
+def _padded(n_bytes: int) -> int:
+    """Bytes a tensor takes in the file, with the padding to the GGUF alignment."""
+    from .gguf_file import ALIGNMENT
+
+    return n_bytes + (-n_bytes % ALIGNMENT)
