@@ -95,11 +95,13 @@ class Forward:
         v = (x @ w[b + "attn_v.weight"].T).reshape(n, s.n_kv_heads, s.head_dim)
         q = rms_norm(q, w[b + "attn_q_norm.weight"], s.eps)
         k = rms_norm(k, w[b + "attn_k_norm.weight"], s.eps)
+
         positions = np.arange(n)
         is_global = (i + 1) % SLIDING_PATTERN == 0
         base, factor = (s.base_global, s.rope_factor) if is_global else (s.base_local, 1.0)
         q = self._rope(q, positions, base, factor)
         k = self._rope(k, positions, base, factor)
+
         group = s.n_heads // s.n_kv_heads
         k = np.repeat(k, group, axis=1)
         v = np.repeat(v, group, axis=1)
@@ -117,6 +119,7 @@ class Forward:
             collect["attn_out"] = out
         attn = out @ w[b + "attn_output.weight"].T
         h = h + rms_norm(attn, w[b + "post_attention_norm.weight"], s.eps)
+
         x = rms_norm(h, w[b + "ffn_norm.weight"], s.eps)
         if collect is not None:
             collect["ffn_in"] = x

@@ -167,6 +167,7 @@ def _metadata(out: gf.GGUFOutput, source: Source, file_type: int) -> None:
             out.add(key, gf.STRING, general[key])
     out.add("general.file_type", gf.UINT32, file_type)
     out.add("general.quantization_version", gf.UINT32, 2)
+
     for key, value in source.hparams.items():
         full = "gemma3." + key
         if isinstance(value, bool):
@@ -177,6 +178,7 @@ def _metadata(out: gf.GGUFOutput, source: Source, file_type: int) -> None:
             out.add(full, gf.FLOAT32, value)
         elif isinstance(value, str):
             out.add(full, gf.STRING, value)
+
     v = source.vocab
     out.add("tokenizer.ggml.model", gf.STRING, "llama")
     out.add("tokenizer.ggml.pre", gf.STRING, v.extra.get("tokenizer.ggml.pre", "default"))
@@ -229,7 +231,9 @@ def convert(input_path: str | Path, output_path: str | Path, options: ConvertOpt
     if mixed and options.target_size is None and options.target_bpw is None:
         raise ValueError("the mixed preset needs --target-size BYTES or --target-bpw BITS")
 
-    needs_float = any(p.mode != "copy" for p in plans if p.tensor.role in ("attention", "feed_forward"))
+    # Calibration serves only tensors that are rounded onto a grid.
+    needs_float = any(p.mode == "mixed" or (p.mode == "encode" and p.fmt.kind != "float")
+                      for p in plans if p.tensor.role in ("attention", "feed_forward"))
     calibration: Calibration | None = None
     weights: dict[str, np.ndarray] = {}
     if options.calibration and needs_float:

@@ -65,6 +65,8 @@ def _detect_symmetric(fmt: Format, x: np.ndarray) -> tuple[np.ndarray, np.ndarra
     rest = np.flatnonzero(~solved)
     if not len(rest):
         return scale, codes
+
+    # Slow path: the gcd of the block's integers is its step (or a multiple of it).
     n, u = _units(x[rest])
     g = np.gcd.reduce(np.abs(n), axis=1)
     done = np.zeros(len(rest), dtype=bool)
@@ -239,6 +241,7 @@ def _detect_kquant(fmt: Format, x: np.ndarray):
             return None
         extra = {"d": d, "dmin": dmin, "sc": sc, "m": mq}
         return scale, offset, codes.astype(np.int32), extra
+
     n, u = _units(sub)
     step_units = np.gcd.reduce(np.abs(n), axis=1)
     steps = np.where(step_units > 0, step_units * u, 0).astype(np.float32)

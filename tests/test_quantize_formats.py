@@ -176,3 +176,22 @@ def test_row_formats_share_one_scale_per_row():
         g = fit_grid(FORMATS[name], w, None)
         assert g.scale.shape == (4, 3)
         assert np.all(g.scale == g.scale[:, :1])
+
+
+@pytest.mark.parametrize("name", ["blk.0.attn_q.weight", "blk.1.attn_v.weight", "blk.0.attn_output.weight",
+                                  "blk.0.ffn_down.weight", "blk.6.ffn_down.weight"])
+def test_grid_detection_on_default_model(default_model_file, name):
+    # The default GGUF mixes Q5_0, Q8_0, Q4_K and Q6_K tensors made by llama-quantize. Their
+    # dequantized values must be found on the same type's grid and re-encode to equal values;
+    # Q5_0, Q8_0 and Q4_K blocks come back byte for byte (Q6_K may flip the signs of a block's
+    # scale and codes together, which changes no value).
+    reader = gguf.GGUFReader(str(default_model_file))
+    tensor = next(t for t in reader.tensors if t.name == name)
+    values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    fmt = FORMATS[tensor.tensor_type.name]
+    found = detect_grid(fmt, values)
+    assert found is not None
+    raw = pack(fmt, *found)
+    assert np.array_equal(dequantize(fmt, raw, *values.shape), values)
+    if fmt.name != "Q6_K":
+        assert raw.tobytes() == np.asarray(tensor.data).tobytes()
