@@ -196,6 +196,14 @@ def _metadata(out: gf.GGUFOutput, source: Source, file_type: int) -> None:
             flags[key] = value
     for key, value in flags.items():
         out.add(key, gf.BOOL, value)
+    # Further keys of a GGUF input, such as tokenizer.ggml.eot_token_id.
+    for key, value in v.extra.items():
+        if key == "tokenizer.ggml.pre" or isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            out.add(key, gf.UINT32, value)
+        elif isinstance(value, str):
+            out.add(key, gf.STRING, value)
     if v.chat_template:
         out.add("tokenizer.chat_template", gf.STRING, v.chat_template)
 
