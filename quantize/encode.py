@@ -45,7 +45,13 @@ def encode_tensor(weights: np.ndarray, fmt: Format, *, grid: bool = True, search
             return Encoded(fmt, pack(fmt, codes, g).reshape(-1), "grid")
     g = fit_grid(fmt, w2, importance, search=search)
     if hessian is not None:
-        codes = round_gptq(w2, g, hessian)
+        refit = None
+        if fmt.kind in ("block", "kquant", "sfp8"):
+            def refit(values: np.ndarray, first: int) -> None:
+                part = fit_grid(fmt, values, None if importance is None else importance[first:first + fmt.block_size],
+                                search=search)
+                _replace_block(g, part, first)
+        codes = round_gptq(w2, g, hessian, refit=refit)
         method = "gptq"
     else:
         codes = round_nearest(w2, g)
@@ -53,6 +59,20 @@ def encode_tensor(weights: np.ndarray, fmt: Format, *, grid: bool = True, search
     scale, offset = g.expand()
     values = grid_values(codes, scale, offset, fmt)
     return _with_errors(Encoded(fmt, pack(fmt, codes, g).reshape(-1), method), w2, values, hessian, n_tokens)
+
+
+def _replace_block(grid, part, first: int) -> None:
+    """Copy the grid `part` of one block of columns into `grid` at column `first`."""
+    fmt = grid.fmt
+    groups = slice(first // fmt.group_size, (first + fmt.block_size) // fmt.group_size)
+    grid.scale[:, groups] = part.scale
+    grid.offset[:, groups] = part.offset
+    rows = grid.scale.shape[0]
+    n_blocks = grid.scale.shape[1] * fmt.group_size // fmt.block_size
+    block = first // fmt.block_size
+    for key, values in part.extra.items():
+        target = grid.extra[key].reshape(rows, n_blocks, *grid.extra[key].shape[1:])
+        target[:, block] = values.reshape(rows, *values.shape[1:])
 
 
 def _with_errors(enc: Encoded, w: np.ndarray, values: np.ndarray, hessian, n_tokens: int) -> Encoded:

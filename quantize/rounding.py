@@ -1,10 +1,10 @@
 """Rounding onto a fitted grid: nearest code, or GPTQ-style error feedback with calibration.
 
 With a layer input second-moment matrix H = sum over tokens of x x^T, the output error of a
-weight error E is trace(E H E^T). Rounding columns one at a time and spreading each column's
-rounding error over the not yet rounded columns through the inverse of H (Frantar et al.,
-"GPTQ", 2022) minimises that error far better than rounding each weight to its nearest code.
-The grid (scales and offsets) stays as fitted, so any format can use it.
+weight error E is trace(E H E^T). GPTQ (Frantar et al., 2022) rounds the columns one at a time
+and spreads each column's rounding error over the columns not yet rounded, through the inverse
+of H. That lowers the output error far below nearest rounding. The grid comes from the caller,
+so any format can use it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 
 from .formats import Format, Grid, grid_values, round_to_grid
 
-# Diagonal damping as a fraction of the mean diagonal of H: the value the GPTQ paper uses; it
+# Diagonal damping as a fraction of the mean diagonal of H, the value the GPTQ paper uses. It
 # keeps the Cholesky factorisation stable when some input channels are (nearly) never active.
 DEFAULT_DAMPING = 0.01
 _COLUMN_BLOCK = 128
@@ -24,8 +24,14 @@ def round_nearest(weights: np.ndarray, grid: Grid) -> np.ndarray:
     return round_to_grid(weights.astype(np.float32), scale, offset, grid.fmt)
 
 
-def round_gptq(weights: np.ndarray, grid: Grid, hessian: np.ndarray, damping: float = DEFAULT_DAMPING) -> np.ndarray:
-    """Codes [rows, cols] for weights [rows, cols] given H [cols, cols] (float64)."""
+def round_gptq(weights: np.ndarray, grid: Grid, hessian: np.ndarray, damping: float = DEFAULT_DAMPING,
+               refit=None) -> np.ndarray:
+    """Codes [rows, cols] for weights [rows, cols] given H [cols, cols] (float64).
+
+    refit(values [rows, block_size], first_column) refits the grid of one block of columns in
+    place. It is called when rounding reaches the block, on the weights as updated by the
+    error feedback so far, as GPTQ fits each group's scale.
+    """
     fmt: Format = grid.fmt
     rows, cols = weights.shape
     w = weights.astype(np.float64).copy()
@@ -50,6 +56,14 @@ def round_gptq(weights: np.ndarray, grid: Grid, hessian: np.ndarray, damping: fl
         u = upper[start:stop, start:stop]
         scale, offset = grid.expand(slice(start, stop))
         for i in range(stop - start):
+            column_index = start + i
+            if refit is not None and column_index % fmt.block_size == 0:
+                end = column_index + fmt.block_size
+                ahead = w[:, column_index:end].copy()
+                inside = min(end, stop) - column_index
+                ahead[:, :inside] = block[:, i:i + inside]
+                refit(ahead.astype(np.float32), column_index)
+                scale, offset = grid.expand(slice(start, stop))
             column = block[:, i]
             code = round_to_grid(column.astype(np.float32), scale[:, i], offset[:, i], fmt)
             value = grid_values(code, scale[:, i], offset[:, i], fmt).astype(np.float64)
