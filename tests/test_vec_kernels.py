@@ -101,6 +101,32 @@ def test_sgemm(isa, rng, m, n, k):
     assert (np.abs(vec.sgemm(isa, w, x) - expected) <= bound).all()
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("rows,count,n", [(1, 1, 1), (2, 64, 256), (4, 63, 256), (7, 5, 40), (64, 64, 256),
+                                          (5, 3, 33), (9, 17, 128)])
+def test_attention_rows_equal_dot_and_axpy(isa, rng, rows, count, n):
+    # Batch invariance of attention rests on these kernels giving each pair exactly what dot
+    # and a sequence of axpy calls give, whatever the number of rows and keys.
+    q_storage = rng.standard_normal((rows, n + 8)).astype(np.float32)
+    k_storage = rng.standard_normal((count, n + 24)).astype(np.float32)
+    q, k = q_storage[:, :n], k_storage[:, 5:5 + n]
+    scores = vec.dot_rows(isa, q, k)
+    expected = np.array([[vec.dot(isa, np.ascontiguousarray(q[r]), np.ascontiguousarray(k[j])) for j in range(count)]
+                         for r in range(rows)], dtype=np.float32)
+    np.testing.assert_array_equal(scores, expected)
+
+    p = rng.random((rows, count)).astype(np.float32)
+    out = rng.standard_normal((rows, n)).astype(np.float32)
+    result = vec.axpy_rows(isa, p, k, out)
+    for r in range(rows):
+        row = out[r].copy()
+        for j in range(count):
+            row = vec.axpy(isa, float(p[r, j]), np.ascontiguousarray(k[j]), row)
+        np.testing.assert_array_equal(result[r], row)
+    bound = 8 * count * np.finfo(np.float32).eps * (np.abs(out) + np.abs(p) @ np.abs(k)) + 1e-30
+    assert (np.abs(result - (out.astype(np.float64) + p.astype(np.float64) @ k.astype(np.float64))) <= bound).all()
+
+
 def test_unknown_isa_rejected():
     with pytest.raises(ValueError, match="not compiled"):
         vec.dot("sse9", np.ones(4, np.float32), np.ones(4, np.float32))

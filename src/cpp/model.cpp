@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <map>
 
 #include "errors.h"
@@ -268,7 +269,7 @@ Context::Context(const Model& model, const ContextOptions& options) : model_(mod
   proj_.resize(b * c.d_model);
   gate_.resize(b * c.d_ff);
   up_.resize(b * c.d_ff);
-  scores_.resize(static_cast<size_t>(options_.n_threads) * options_.n_ctx);
+  tiles_.resize(static_cast<size_t>(options_.n_threads * attention_tile_floats()));
 }
 
 Context::~Context() = default;
@@ -598,79 +599,189 @@ void Context::round_trip_kv(float* row) const {
   }
 }
 
+namespace {
+
+// Attention works on tasks of query rows (tokens x heads sharing one KV head) that go through
+// the keys in blocks of kKeyBlock positions aligned to multiples of kKeyBlock, with an online
+// softmax. Every score is the `dot` of its query and key, and every output accumulates the
+// values one key after another (VecOps::dot_rows, axpy_rows), so a token's result does not
+// depend on the other rows of its task: a prompt evaluated at once, in chunks or token by
+// token gives the same logits, bit for bit.
+constexpr int64_t kQueryRows = 64;
+constexpr int64_t kKeyBlock = 64;
+
+}  // namespace
+
+int64_t Context::attention_tile_floats() const {
+  const int64_t hd = model_.config().head_dim;
+  // Scaled queries, converted keys and values (f16 and int8 caches), weights, the output,
+  // and the running maximum and sum per row.
+  return kQueryRows * hd + 2 * kKeyBlock * hd + kQueryRows * kKeyBlock + kQueryRows * hd + 2 * kQueryRows;
+}
+
+void Context::gather_kv(int64_t il, bool values, int64_t first, int64_t count, int64_t offset, float* out) const {
+  const ModelConfig& c = model_.config();
+  const int64_t hd = c.head_dim;
+  const int64_t kv_dim = c.n_kv_heads * hd;
+  const int64_t slots = cache_slots(il);
+  const uint8_t* cache = values ? v_cache_[il].data() : k_cache_[il].data();
+  const std::vector<float>& chunk = values ? v_ : k_;
+  for (int64_t j = 0; j < count; ++j) {
+    const int64_t position = first + j;
+    float* dst = out + j * hd;
+    if (position >= n_past_) {
+      std::memcpy(dst, &chunk[(position - n_past_) * kv_dim + offset], hd * sizeof(float));
+      continue;
+    }
+    const uint8_t* row = cache + (position % slots) * row_bytes_;
+    switch (options_.kv_type) {
+      case KVType::kF32:
+        std::memcpy(dst, reinterpret_cast<const float*>(row) + offset, hd * sizeof(float));
+        break;
+      case KVType::kF16: {
+        const uint16_t* src = reinterpret_cast<const uint16_t*>(row) + offset;
+        for (int64_t i = 0; i < hd; ++i) dst[i] = fp16_to_fp32(src[i]);
+        break;
+      }
+      case KVType::kInt8: {
+        const int8_t* src = reinterpret_cast<const int8_t*>(row) + offset;
+        const float* scales = reinterpret_cast<const float*>(row + kv_dim) + offset / kKVBlock;
+        for (int64_t i = 0; i < hd; ++i) dst[i] = scales[i / kKVBlock] * static_cast<float>(src[i]);
+        break;
+      }
+    }
+  }
+}
+
 // Causal attention for the n tokens of the current chunk (positions n_past_ ..), over the
-// cache. Sliding layers see the last `sliding_window` positions, the query's own included.
+// cache. Sliding layers see the last `sliding_window` positions, the query's own included;
+// the tokens of an image also see the rest of their image.
 void Context::attention(int64_t il, int64_t n) {
   const ModelConfig& c = model_.config();
   const int64_t hd = c.head_dim;
   const int64_t q_dim = c.n_heads * hd;
   const int64_t kv_dim = c.n_kv_heads * hd;
   const int64_t group = c.n_heads / c.n_kv_heads;
-  const int64_t slots = cache_slots(il);
+  // A task covers `heads` heads of one KV head's group for `tokens` tokens. Long chunks take
+  // the whole group and enough tokens for kQueryRows rows; short ones (decode) split the
+  // group so that every thread has work.
+  int64_t heads = group;
+  int64_t tokens = std::max<int64_t>(1, kQueryRows / group);
+  if (n * group < kQueryRows) {
+    tokens = 1;
+    while (heads % 2 == 0 && n * c.n_kv_heads * (group / heads) < options_.n_threads) heads /= 2;
+  }
+  const int64_t token_blocks = (n + tokens - 1) / tokens;
+  const int64_t n_tasks = token_blocks * (c.n_heads / heads);
   const bool sliding = c.is_sliding(il);
-  const uint8_t* k_cache = k_cache_[il].data();
-  const uint8_t* v_cache = v_cache_[il].data();
-  const int64_t n_tasks = n * c.n_heads;
-  const int64_t n_ctx = options_.n_ctx;
-  const int64_t row_bytes = row_bytes_;
-  const KVType kv_type = options_.kv_type;
+  const int64_t slots = cache_slots(il);
+  const bool f32_cache = options_.kv_type == KVType::kF32;
+  const int64_t tile_floats = attention_tile_floats();
   const VecOps& vec = vec_ops();
-
-  // Dot product of a query head with the key at a position, and out += w * value. Positions of
-  // the current chunk are read from k_ / v_, earlier ones from the cache.
-  const int64_t chunk_start = n_past_;
-  auto key_dot = [&](const float* q, int64_t position, int64_t offset) -> float {
-    if (position >= chunk_start) return vec.dot(q, &k_[(position - chunk_start) * kv_dim + offset], hd);
-    const uint8_t* row = k_cache + (position % slots) * row_bytes;
-    switch (kv_type) {
-      case KVType::kF16: return vec.dot_f16(q, reinterpret_cast<const uint16_t*>(row) + offset, hd);
-      case KVType::kInt8:
-        return vec.dot_q8(q, reinterpret_cast<const int8_t*>(row) + offset,
-                          reinterpret_cast<const float*>(row + kv_dim) + offset / kKVBlock, hd);
-      default: return vec.dot(q, reinterpret_cast<const float*>(row) + offset, hd);
-    }
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  auto first_of = [&](int64_t t) {
+    return sliding ? std::max<int64_t>(0, n_past_ + t - c.sliding_window + 1) : int64_t{0};
   };
-  auto add_value = [&](float w, int64_t position, int64_t offset, float* out) {
-    if (position >= chunk_start) {
-      vec.axpy(w, &v_[(position - chunk_start) * kv_dim + offset], out, hd);
-      return;
-    }
-    const uint8_t* row = v_cache + (position % slots) * row_bytes;
-    switch (kv_type) {
-      case KVType::kF16: vec.axpy_f16(w, reinterpret_cast<const uint16_t*>(row) + offset, out, hd); break;
-      case KVType::kInt8:
-        vec.axpy_q8(w, reinterpret_cast<const int8_t*>(row) + offset,
-                    reinterpret_cast<const float*>(row + kv_dim) + offset / kKVBlock, out, hd);
-        break;
-      default: vec.axpy(w, reinterpret_cast<const float*>(row) + offset, out, hd); break;
-    }
-  };
+  auto last_of = [&](int64_t t) { return n_past_ + attend_end_[t] - 1; };
 
-  // Tasks (token, head) are taken from a shared counter, so a thread the OS keeps off its core
-  // does not hold up the others.
   std::atomic<int64_t> next_task{0};
   pool_->run_dynamic([&](int thread, int) {
-    float* scores = &scores_[thread * n_ctx];
-    for (int64_t task = next_task++; task < n_tasks; task = next_task++) {
-      const int64_t t = task / c.n_heads;
-      const int64_t h = task % c.n_heads;
-      const int64_t pos = n_past_ + t;
-      const int64_t first = sliding ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
-      const int64_t last = n_past_ + attend_end_[t] - 1;  // pos, or the end of the token's image
-      const int64_t count = last - first + 1;
-      const float* q = &q_[t * q_dim + h * hd];
-      const int64_t kv_offset = (h / group) * hd;
+    float* queries = &tiles_[thread * tile_floats];  // (rows, hd), scaled
+    float* converted = queries + kQueryRows * hd;    // (kKeyBlock, hd) keys, then values
+    float* probs = converted + 2 * kKeyBlock * hd;   // (rows, count)
+    float* out = probs + kQueryRows * kKeyBlock;     // (rows, hd)
+    float* row_max = out + kQueryRows * hd;
+    float* row_sum = row_max + kQueryRows;
 
-      // scores[j] = scale * q . k(first + j), then a softmax over the visible keys.
-      for (int64_t j = 0; j < count; ++j) {
-        scores[j] = c.attention_scale * key_dot(q, first + j, kv_offset);
+    // Calls fn(first, count, rows, stride) for runs of positions [b0, b0 + count) whose keys
+    // (or values) lie at a fixed stride: this chunk's scratch, a stretch of the float32 cache
+    // that does not wrap, or rows converted from the f16 / int8 cache.
+    auto for_each_run = [&](bool values, int64_t b0, int64_t count, int64_t offset, auto&& fn) {
+      for (int64_t pos = b0; pos < b0 + count;) {
+        int64_t len = b0 + count - pos;
+        if (pos >= n_past_) {
+          const std::vector<float>& chunk = values ? v_ : k_;
+          fn(pos, len, &chunk[(pos - n_past_) * kv_dim + offset], kv_dim);
+        } else {
+          const int64_t slot = pos % slots;
+          len = std::min(len, n_past_ - pos);
+          const uint8_t* cache = values ? v_cache_[il].data() : k_cache_[il].data();
+          if (f32_cache) {
+            len = std::min(len, slots - slot);
+            fn(pos, len, reinterpret_cast<const float*>(cache + slot * row_bytes_) + offset,
+               row_bytes_ / static_cast<int64_t>(sizeof(float)));
+          } else {
+            float* dst = converted + (values ? kKeyBlock * hd : 0);
+            gather_kv(il, values, pos, len, offset, dst);
+            fn(pos, len, dst, hd);
+          }
+        }
+        pos += len;
       }
-      const float max_score = vec.max(scores, count);
-      const float inv_sum = 1.0f / vec.exp_shifted(scores, count, max_score);
+    };
 
-      float* out = &attn_[t * q_dim + h * hd];
-      std::fill(out, out + hd, 0.0f);
-      for (int64_t j = 0; j < count; ++j) add_value(scores[j] * inv_sum, first + j, kv_offset, out);
+    for (int64_t task = next_task++; task < n_tasks; task = next_task++) {
+      const int64_t head0 = (task / token_blocks) * heads;
+      const int64_t t0 = (task % token_blocks) * tokens;
+      const int64_t t1 = std::min(n, t0 + tokens);
+      const int64_t rows = (t1 - t0) * heads;
+      const int64_t kv_offset = (head0 / group) * hd;
+
+      // Row r is token t0 + r / heads, head head0 + r % heads.
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* q = &q_[(t0 + r / heads) * q_dim + (head0 + r % heads) * hd];
+        for (int64_t i = 0; i < hd; ++i) queries[r * hd + i] = c.attention_scale * q[i];
+      }
+      int64_t k_first = first_of(t0), k_last = last_of(t0);
+      for (int64_t t = t0; t < t1; ++t) {
+        k_first = std::min(k_first, first_of(t));
+        k_last = std::max(k_last, last_of(t));
+      }
+      std::fill(out, out + rows * hd, 0.0f);
+      std::fill(row_max, row_max + rows, neg_inf);
+      std::fill(row_sum, row_sum + rows, 0.0f);
+
+      for (int64_t b0 = k_first / kKeyBlock * kKeyBlock; b0 <= k_last; b0 += kKeyBlock) {
+        const int64_t count = std::min(kKeyBlock, k_last + 1 - b0);
+        for_each_run(false, b0, count, kv_offset, [&](int64_t pos, int64_t len, const float* keys, int64_t ld) {
+          vec.dot_rows(queries, hd, rows, keys, ld, len, hd, probs + (pos - b0), count);
+        });
+
+        bool any = false;
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t t = t0 + r / heads;
+          const int64_t lo = std::max<int64_t>(first_of(t) - b0, 0);
+          const int64_t hi = std::min<int64_t>(last_of(t) - b0 + 1, count);
+          float* p = &probs[r * count];
+          if (lo >= hi) {
+            std::fill(p, p + count, 0.0f);
+            continue;
+          }
+          // Keys outside the row's range get exactly zero weight: earlier positions, ring slots
+          // that a later position reused, and later tokens.
+          std::fill(p, p + lo, 0.0f);
+          std::fill(p + hi, p + count, 0.0f);
+          const float new_max = std::max(row_max[r], vec.max(p + lo, hi - lo));
+          if (new_max > row_max[r]) {
+            const float factor = row_max[r] == neg_inf ? 0.0f : std::exp(row_max[r] - new_max);
+            row_sum[r] *= factor;
+            vec.scale(factor, &out[r * hd], hd);
+            row_max[r] = new_max;
+          }
+          row_sum[r] += vec.exp_shifted(p + lo, hi - lo, new_max);
+          any = true;
+        }
+        if (!any) continue;
+        for_each_run(true, b0, count, kv_offset, [&](int64_t pos, int64_t len, const float* vals, int64_t ld) {
+          vec.axpy_rows(probs + (pos - b0), count, rows, vals, ld, len, hd, out, hd);
+        });
+      }
+
+      for (int64_t r = 0; r < rows; ++r) {
+        float* dst = &attn_[(t0 + r / heads) * q_dim + (head0 + r % heads) * hd];
+        const float inv = 1.0f / row_sum[r];
+        for (int64_t i = 0; i < hd; ++i) dst[i] = out[r * hd + i] * inv;
+      }
     }
   });
 }

@@ -148,6 +148,10 @@ class Context {
 
   // Rounds one position's keys or values (n_kv_heads * head_dim floats) to the cache type.
   void round_trip_kv(float* row) const;
+  // Copies the keys or values of positions [first, first + count) for one KV head into out
+  // (count rows of head_dim floats), from the chunk's scratch or the cache.
+  void gather_kv(int64_t layer, bool values, int64_t first, int64_t count, int64_t offset, float* out) const;
+  int64_t attention_tile_floats() const;
   // Writes the keys and values of one position (n_kv_heads * head_dim floats each) to a slot.
   void store_kv(int64_t layer, int64_t slot, const float* k, const float* v);
 
@@ -170,7 +174,7 @@ class Context {
   std::vector<float> proj_;    // (n_batch, d_model)
   std::vector<float> gate_;    // (n_batch, d_ff)
   std::vector<float> up_;      // (n_batch, d_ff)
-  std::vector<float> scores_;  // (n_threads, n_ctx) attention scores per worker
+  std::vector<float> tiles_;   // (n_threads, attention_tile_floats()) blocked attention scratch
 };
 
 }  // namespace g3e

@@ -251,6 +251,47 @@ std::vector<const VecOps*> implementations_to_test() {
 
 }  // namespace
 
+// dot_rows and axpy_rows must give, bit for bit, what the same implementation's dot and a
+// sequence of its axpy calls give (attention's independence from batching rests on it), and
+// agree with the scalar reference within the bound above.
+void test_attention_rows(const VecOps& ops, const VecOps& ref, std::mt19937& rng) {
+  struct Shape {
+    int64_t rows, count, n;
+  };
+  for (const Shape& s : {Shape{1, 1, 1}, Shape{2, 64, 256}, Shape{4, 63, 256}, Shape{7, 5, 40}, Shape{64, 64, 128},
+                         Shape{5, 3, 33}, Shape{9, 17, 128}}) {
+    const int64_t ldq = s.n + 3, ldk = s.n + 7;
+    const auto q = normal_vector(rng, s.rows * ldq, 1.0f);
+    const auto k = normal_vector(rng, s.count * ldk, 1.0f);
+    std::vector<float> scores(static_cast<size_t>(s.rows * s.count)), ref_scores(scores.size());
+    ops.dot_rows(q.data(), ldq, s.rows, k.data(), ldk, s.count, s.n, scores.data(), s.count);
+    ref.dot_rows(q.data(), ldq, s.rows, k.data(), ldk, s.count, s.n, ref_scores.data(), s.count);
+    bool same = true, close = true;
+    for (int64_t r = 0; r < s.rows; ++r) {
+      for (int64_t j = 0; j < s.count; ++j) {
+        const float* qr = &q[r * ldq];
+        const float* kj = &k[j * ldk];
+        same = same && scores[r * s.count + j] == ops.dot(qr, kj, s.n);
+        double magnitude = 0.0;
+        for (int64_t i = 0; i < s.n; ++i) magnitude += std::fabs(static_cast<double>(qr[i]) * kj[i]);
+        close = close && std::fabs(scores[r * s.count + j] - ref_scores[r * s.count + j]) <= 2 * gamma(s.n) * magnitude;
+      }
+    }
+    const std::string shape = std::to_string(s.rows) + "x" + std::to_string(s.count) + "x" + std::to_string(s.n);
+    check(same, std::string(ops.isa) + " dot_rows equals dot " + shape);
+    check(close, std::string(ops.isa) + " dot_rows near scalar " + shape);
+
+    const auto p = normal_vector(rng, s.rows * s.count, 1.0f);
+    const auto start = normal_vector(rng, s.rows * s.n, 1.0f);
+    std::vector<float> out = start, by_axpy = start;
+    ops.axpy_rows(p.data(), s.count, s.rows, k.data(), ldk, s.count, s.n, out.data(), s.n);
+    for (int64_t r = 0; r < s.rows; ++r) {
+      for (int64_t j = 0; j < s.count; ++j) ops.axpy(p[r * s.count + j], &k[j * ldk], &by_axpy[r * s.n], s.n);
+    }
+    check(out == by_axpy, std::string(ops.isa) + " axpy_rows equals axpy " + shape);
+  }
+}
+
 int main() {
   std::mt19937 rng(1234);
   const VecOps& ref = vec_ops_scalar();
@@ -261,6 +302,7 @@ int main() {
     test_rms_norm_and_gelu(*ops, ref, rng);
     test_sgemm(*ops, ref, rng);
     test_kv_rows(*ops, ref, rng);
+    test_attention_rows(*ops, ref, rng);
   }
   // The scalar reference on the extremes too, so the table above is not only self-consistent.
   test_max_and_exp(ref, ref, rng);

@@ -58,6 +58,30 @@ void bind_vec(py::module_& m) {
     ops_for(isa).gelu_tanh_mul(out.mutable_data(), up.data(), gate.size());
     return out;
   });
+  // dot_rows(isa, q (rows, n), k (count, n)) -> (rows, count); the arrays are read with their
+  // row strides, so strided views exercise ldq and ldk.
+  v.def("dot_rows", [](const std::string& isa, py::array_t<float> q, py::array_t<float> k) {
+    if (q.ndim() != 2 || k.ndim() != 2 || q.shape(1) != k.shape(1) || q.strides(1) != 4 || k.strides(1) != 4) {
+      throw py::value_error("expected q (rows, n) and k (count, n) with contiguous rows");
+    }
+    const int64_t rows = q.shape(0), count = k.shape(0), n = q.shape(1);
+    FloatArray s({rows, count});
+    ops_for(isa).dot_rows(q.data(), q.strides(0) / 4, rows, k.data(), k.strides(0) / 4, count, n, s.mutable_data(),
+                          count);
+    return s;
+  });
+  // axpy_rows(isa, p (rows, count), v (count, n), out (rows, n)) -> out + p @ v
+  v.def("axpy_rows", [](const std::string& isa, FloatArray p, py::array_t<float> v, FloatArray out) {
+    if (p.ndim() != 2 || v.ndim() != 2 || out.ndim() != 2 || p.shape(1) != v.shape(0) || out.shape(0) != p.shape(0) ||
+        out.shape(1) != v.shape(1) || v.strides(1) != 4) {
+      throw py::value_error("expected p (rows, count), v (count, n) with contiguous rows and out (rows, n)");
+    }
+    const int64_t rows = p.shape(0), count = p.shape(1), n = v.shape(1);
+    FloatArray result({rows, n});
+    std::copy(out.data(), out.data() + out.size(), result.mutable_data());
+    ops_for(isa).axpy_rows(p.data(), count, rows, v.data(), v.strides(0) / 4, count, n, result.mutable_data(), n);
+    return result;
+  });
   v.def("sgemm", [](const std::string& isa, FloatArray w, FloatArray x) {
     if (w.ndim() != 2 || x.ndim() != 2 || w.shape(1) != x.shape(1)) {
       throw py::value_error("expected w (n, k) and x (m, k)");

@@ -29,6 +29,16 @@ struct VecOps {
   void (*sgemm)(const float* panels, int64_t n, int64_t k, const float* x, int64_t m, int64_t p0, int64_t p1,
                 float* y, int64_t ldy);
 
+  // Attention products over rows with strides. dot_rows: s[r * lds + j] = dot(q + r * ldq,
+  // k + j * ldk, n) for r < rows, j < count, each bit for bit the value `dot` returns.
+  // axpy_rows: out[r * ldo + c] += p[r * ldp + j] * v[j * ldv + c] for c < n, j = 0, 1, ..
+  // count - 1 in turn, bit for bit a sequence of `axpy` calls. No result depends on the other
+  // rows and keys, so attention does not depend on how tokens are batched.
+  void (*dot_rows)(const float* q, int64_t ldq, int64_t rows, const float* k, int64_t ldk, int64_t count, int64_t n,
+                   float* s, int64_t lds);
+  void (*axpy_rows)(const float* p, int64_t ldp, int64_t rows, const float* v, int64_t ldv, int64_t count, int64_t n,
+                    float* out, int64_t ldo);
+
   // KV cache rows stored as IEEE half floats: dot product with a float vector, and y += alpha * x.
   float (*dot_f16)(const float* a, const uint16_t* b, int64_t n);
   void (*axpy_f16)(float alpha, const uint16_t* x, float* y, int64_t n);
@@ -37,6 +47,24 @@ struct VecOps {
   float (*dot_q8)(const float* a, const int8_t* b, const float* scales, int64_t n);
   void (*axpy_q8)(float alpha, const int8_t* x, const float* scales, float* y, int64_t n);
 };
+
+// dot_rows and axpy_rows as loops over an implementation's dot and axpy, for instruction sets
+// without blocked versions.
+template <float (*Dot)(const float*, const float*, int64_t)>
+void dot_rows_by_pair(const float* q, int64_t ldq, int64_t rows, const float* k, int64_t ldk, int64_t count, int64_t n,
+                      float* s, int64_t lds) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < count; ++j) s[r * lds + j] = Dot(q + r * ldq, k + j * ldk, n);
+  }
+}
+
+template <void (*Axpy)(float, const float*, float*, int64_t)>
+void axpy_rows_by_pair(const float* p, int64_t ldp, int64_t rows, const float* v, int64_t ldv, int64_t count,
+                       int64_t n, float* out, int64_t ldo) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < count; ++j) Axpy(p[r * ldp + j], v + j * ldv, out + r * ldo, n);
+  }
+}
 
 constexpr int64_t kKVBlock = 32;
 // Quantizes n floats (a multiple of kKVBlock) to int8 with absmax scales per block.

@@ -200,11 +200,90 @@ void axpy_q8(float alpha, const int8_t* x, const float* scales, float* y, int64_
   }
 }
 
+// Attention products (see vec.h). dot_rows takes 4 query rows and 2 keys at a time, with
+// dot's two accumulators per pair. axpy_rows keeps 4 rows x 64 outputs in registers while the
+// value rows stream past. Other shapes fall back to dot and axpy.
+void dot_rows(const float* q, int64_t ldq, int64_t rows, const float* k, int64_t ldk, int64_t count, int64_t n,
+              float* s, int64_t lds) {
+  int64_t r = 0;
+  if (n % 32 == 0) {
+    for (; r + 4 <= rows; r += 4) {
+      int64_t j = 0;
+      for (; j + 2 <= count; j += 2) {
+        __m512 a0[4][2], a1[4][2];
+        for (int rr = 0; rr < 4; ++rr) a0[rr][0] = a0[rr][1] = a1[rr][0] = a1[rr][1] = _mm512_setzero_ps();
+        for (int64_t i = 0; i < n; i += 32) {
+          __m512 k0[2], k1[2];
+          for (int jj = 0; jj < 2; ++jj) {
+            k0[jj] = _mm512_loadu_ps(k + (j + jj) * ldk + i);
+            k1[jj] = _mm512_loadu_ps(k + (j + jj) * ldk + i + 16);
+          }
+          for (int rr = 0; rr < 4; ++rr) {
+            const __m512 q0 = _mm512_loadu_ps(q + (r + rr) * ldq + i);
+            const __m512 q1 = _mm512_loadu_ps(q + (r + rr) * ldq + i + 16);
+            for (int jj = 0; jj < 2; ++jj) {
+              a0[rr][jj] = _mm512_fmadd_ps(q0, k0[jj], a0[rr][jj]);
+              a1[rr][jj] = _mm512_fmadd_ps(q1, k1[jj], a1[rr][jj]);
+            }
+          }
+        }
+        for (int rr = 0; rr < 4; ++rr) {
+          for (int jj = 0; jj < 2; ++jj) {
+            s[(r + rr) * lds + j + jj] = _mm512_reduce_add_ps(_mm512_add_ps(a0[rr][jj], a1[rr][jj]));
+          }
+        }
+      }
+      for (; j < count; ++j) {
+        for (int rr = 0; rr < 4; ++rr) s[(r + rr) * lds + j] = dot(q + (r + rr) * ldq, k + j * ldk, n);
+      }
+    }
+  }
+  for (; r < rows; ++r) {
+    for (int64_t j = 0; j < count; ++j) s[r * lds + j] = dot(q + r * ldq, k + j * ldk, n);
+  }
+}
+
+template <int R>
+void axpy_rows_tile(const float* p, int64_t ldp, const float* v, int64_t ldv, int64_t count, int64_t c0, int64_t n,
+                    float* out, int64_t ldo) {
+  __mmask16 mask[4];
+  for (int x = 0; x < 4; ++x) mask[x] = tail_mask(std::max<int64_t>(0, n - c0 - 16 * x));
+  __m512 acc[R][4];
+  for (int r = 0; r < R; ++r) {
+    for (int x = 0; x < 4; ++x) acc[r][x] = _mm512_maskz_loadu_ps(mask[x], out + r * ldo + c0 + 16 * x);
+  }
+  for (int64_t j = 0; j < count; ++j) {
+    __m512 vx[4];
+    for (int x = 0; x < 4; ++x) vx[x] = _mm512_maskz_loadu_ps(mask[x], v + j * ldv + c0 + 16 * x);
+    for (int r = 0; r < R; ++r) {
+      const __m512 pr = _mm512_set1_ps(p[r * ldp + j]);
+      for (int x = 0; x < 4; ++x) acc[r][x] = _mm512_fmadd_ps(pr, vx[x], acc[r][x]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int x = 0; x < 4; ++x) _mm512_mask_storeu_ps(out + r * ldo + c0 + 16 * x, mask[x], acc[r][x]);
+  }
+}
+
+void axpy_rows(const float* p, int64_t ldp, int64_t rows, const float* v, int64_t ldv, int64_t count, int64_t n,
+               float* out, int64_t ldo) {
+  for (int64_t c0 = 0; c0 < n; c0 += 64) {
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) axpy_rows_tile<4>(p + r * ldp, ldp, v, ldv, count, c0, n, out + r * ldo, ldo);
+    switch (rows - r) {
+      case 3: axpy_rows_tile<3>(p + r * ldp, ldp, v, ldv, count, c0, n, out + r * ldo, ldo); break;
+      case 2: axpy_rows_tile<2>(p + r * ldp, ldp, v, ldv, count, c0, n, out + r * ldo, ldo); break;
+      case 1: axpy_rows_tile<1>(p + r * ldp, ldp, v, ldv, count, c0, n, out + r * ldo, ldo); break;
+      default: break;
+    }
+  }
+}
+
 }  // namespace
 
 const VecOps& vec_ops_avx512() {
   static const VecOps ops{"avx512", dot,     axpy,     scale,  exp_shifted, max, rms_norm, gelu_tanh_mul,
-                          sgemm,    dot_f16, axpy_f16, dot_q8, axpy_q8};
+                          sgemm, dot_rows, axpy_rows,    dot_f16, axpy_f16, dot_q8, axpy_q8};
   return ops;
 }
 

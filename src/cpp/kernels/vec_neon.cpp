@@ -239,7 +239,7 @@ void axpy_q8(float alpha, const int8_t* x, const float* scales, float* y, int64_
 
 const VecOps& vec_ops_neon() {
   static const VecOps ops{"neon", dot,     axpy,     scale,  exp_shifted, max, rms_norm, gelu_tanh_mul,
-                          sgemm,  dot_f16, axpy_f16, dot_q8, axpy_q8};
+                          sgemm, dot_rows_by_pair<dot>, axpy_rows_by_pair<axpy>,  dot_f16, axpy_f16, dot_q8, axpy_q8};
   return ops;
 }
 

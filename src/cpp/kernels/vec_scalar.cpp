@@ -126,7 +126,7 @@ void sgemm_unpack_row(const float* panels, int64_t r, int64_t k, float* out) {
 
 const VecOps& vec_ops_scalar() {
   static const VecOps ops{"scalar", dot,     axpy,    scale,  exp_shifted, max, rms_norm, gelu_tanh_mul,
-                          sgemm,    dot_f16, axpy_f16, dot_q8, axpy_q8};
+                          sgemm, dot_rows_by_pair<dot>, axpy_rows_by_pair<axpy>,    dot_f16, axpy_f16, dot_q8, axpy_q8};
   return ops;
 }
 
