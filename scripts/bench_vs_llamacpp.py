@@ -16,6 +16,10 @@ CPUs, as llama.cpp's context log shows). gemma3-edge side: gemma3_edge.bench.ben
 which measures the same two tests, or where it is missing, timed Model.logits() for pp
 and Model.generate() for tg. The output names the method used.
 
+Peak resident memory: each engine also runs in a fresh Python process of its own that loads
+the model, prefills n_prompt tokens and decodes n_gen more (n_ctx = n_prompt + n_gen), and
+reports its VmHWM from /proc/self/status, interpreter and imports included on both sides.
+
 Usage: python scripts/bench_vs_llamacpp.py [--gguf PATH] [--threads 1 2]
        [--n-prompt 512] [--n-gen 128] [--repetitions 3] [--json]
 The numbers depend on other load on the machine; the load average before the run
@@ -30,6 +34,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,6 +55,7 @@ def parse_args() -> argparse.Namespace:
                         help="timed runs per test after one warm-up run (default: 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default: 0)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--peak-rss-child", choices=["llama_cpp", "gemma3_edge"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     for name in ("n_prompt", "n_gen", "repetitions"):
         if getattr(args, name) < 1:
@@ -145,7 +151,9 @@ def bench_gemma3_edge(gguf_path: Path, n_threads: int, args) -> dict:
         report = bench(model, n_prompt=args.n_prompt, n_gen=args.n_gen, repetitions=args.repetitions,
                        seed=args.seed)
         return {"method": "gemma3_edge.bench.bench()", "results": report["results"],
-                "isa": report.get("isa"), "kv_type": model.kv_type}
+                "isa": report.get("isa"), "kv_type": model.kv_type,
+                "bandwidth": {key: report[key] for key in ("read_bandwidth_gb_s", "weight_bytes_per_token",
+                                                           "decode_limit_tok_s", "decode_fraction_of_limit")}}
 
     # Fallback: pp from Model.logits, which returns all rows and so underestimates
     # prefill speed. tg from greedy Model.generate, whose time includes the prefill of
@@ -171,6 +179,41 @@ def bench_gemma3_edge(gguf_path: Path, n_threads: int, args) -> dict:
     return {"method": "timed Model.logits (pp, all rows) and Model.generate (tg)", "results": results}
 
 
+def peak_rss_child(engine: str, gguf_path: Path, n_threads: int, args) -> None:
+    """Runs in the child process: load, prefill, decode, print VmHWM in bytes."""
+    n_ctx = args.n_prompt + args.n_gen
+    rng = random.Random(args.seed)
+    if engine == "llama_cpp":
+        runner = LlamaCppRunner(gguf_path, n_ctx, n_threads)
+        runner.prefill_seconds(random_tokens(rng, runner.n_vocab, runner.bos, args.n_prompt))
+        for _ in range(args.n_gen):
+            runner._decode([rng.randrange(runner.n_vocab)])
+        runner.lib.llama_synchronize(runner.ctx)
+    else:
+        import gemma3_edge
+
+        model = gemma3_edge.Model(gguf_path, n_ctx=n_ctx, n_threads=n_threads)
+        context = model._context
+        context.eval(random_tokens(rng, model.n_vocab, model.config["bos_id"], args.n_prompt), -1)
+        context.decode_each([rng.randrange(model.n_vocab) for _ in range(args.n_gen)])
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                print(int(line.split()[1]) * 1024)
+                return
+    raise RuntimeError("no VmHWM line in /proc/self/status")
+
+
+def measure_peak_rss(engine: str, gguf_path: Path, n_threads: int, args) -> int:
+    command = [sys.executable, __file__, "--gguf", str(gguf_path), "--threads", str(n_threads),
+               "--n-prompt", str(args.n_prompt), "--n-gen", str(args.n_gen), "--seed", str(args.seed),
+               "--peak-rss-child", engine]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{engine} memory run failed ({result.returncode}): {result.stderr[-2000:]}")
+    return int(result.stdout.split()[-1])
+
+
 def format_table(report: dict) -> str:
     lines = ["| test | threads | llama.cpp tok/s | gemma3-edge tok/s | gemma3-edge / llama.cpp |",
              "|---|---|---|---|---|"]
@@ -178,6 +221,14 @@ def format_table(report: dict) -> str:
         ours, theirs = row["gemma3_edge"], row["llama_cpp"]
         lines.append(f"| {row['test']} | {row['threads']} | {theirs['mean']:.1f} ± {theirs['stdev']:.1f} "
                      f"| {ours['mean']:.1f} ± {ours['stdev']:.1f} | {row['ratio']:.2f} |")
+    for threads, b in report["bandwidth"].items():
+        lines.append(f"{threads} threads: read bandwidth {b['read_bandwidth_gb_s']:.1f} GB/s, "
+                     f"{b['weight_bytes_per_token'] / 1e6:.1f} MB of weights per token, decode limit "
+                     f"{b['decode_limit_tok_s']:.1f} tok/s; gemma3-edge decode reaches "
+                     f"{100 * b['decode_fraction_of_limit']:.0f}% of it")
+    for threads, memory in report["peak_rss_bytes"].items():
+        ours, theirs = memory["gemma3_edge"], memory["llama_cpp"]
+        lines.append(f"| peak RSS (MiB) | {threads} | {theirs / 2**20:.0f} | {ours / 2**20:.0f} | {ours / theirs:.2f} |")
     lines.append(f"gemma3-edge measured with {report['gemma3_edge_method']}; llama.cpp with "
                  f"{report['llama_cpp_method']} (llama-cpp-python {report['versions']['llama-cpp-python']})")
     lines.append(f"model {report['gguf']}; {report['repetitions']} timed runs after 1 warm-up; "
@@ -188,13 +239,22 @@ def format_table(report: dict) -> str:
 def main() -> int:
     args = parse_args()
     gguf_path = args.gguf or ru.default_model_path()
+    if args.peak_rss_child:
+        peak_rss_child(args.peak_rss_child, gguf_path, args.threads[0], args)
+        return 0
     load_before = os.getloadavg()[0]
     rows = []
     methods = {}
+    peak_rss = {}
+    bandwidth = {}
     for n_threads in args.threads:
+        peak_rss[n_threads] = {engine: measure_peak_rss(engine, gguf_path, n_threads, args)
+                               for engine in ("llama_cpp", "gemma3_edge")}
         theirs = bench_llama_cpp(gguf_path, n_threads, args)
         ours = bench_gemma3_edge(gguf_path, n_threads, args)
         methods = {"llama_cpp": theirs["method"], "gemma3_edge": ours["method"]}
+        if "bandwidth" in ours:
+            bandwidth[n_threads] = ours["bandwidth"]
         for test in (f"pp{args.n_prompt}", f"tg{args.n_gen}"):
             rows.append({"test": test, "threads": n_threads,
                          "llama_cpp": theirs["results"][test], "gemma3_edge": ours["results"][test],
@@ -202,6 +262,8 @@ def main() -> int:
     report = {
         "gguf": str(gguf_path),
         "rows": rows,
+        "peak_rss_bytes": peak_rss,
+        "bandwidth": bandwidth,
         "llama_cpp_method": methods["llama_cpp"],
         "gemma3_edge_method": methods["gemma3_edge"],
         "repetitions": args.repetitions,

@@ -50,6 +50,22 @@ def test_info_json_reports_model_and_kv():
     assert {t[1] for t in info["tensors"]} == {"f32", "q8_0", "q5_0", "q4_K", "q6_K"}
 
 
+def test_bench_json_reports_rates_bandwidth_and_memory():
+    result = run_cli("bench", "--json", "-p", "16", "-n", "8", "-r", "1", "-c", "64", "--threads-list", "1", "2")
+    assert result.returncode == 0, result.stderr
+    reports = json.loads(result.stdout)
+    assert [r["n_threads"] for r in reports] == [1, 2]
+    for report in reports:
+        assert set(report["results"]) == {"pp16", "tg8"}
+        assert all(r["mean"] > 0 and len(r["runs"]) == 1 for r in report["results"].values())
+        assert report["read_bandwidth_gb_s"] > 0
+        assert report["decode_limit_tok_s"] == pytest.approx(
+            report["read_bandwidth_gb_s"] * 1e9 / report["weight_bytes_per_token"])
+        # The peak is taken before the bandwidth test's 1 GiB buffer, which would otherwise
+        # be the whole figure; the model's own footprint is far below it.
+        assert report["weight_bytes_per_token"] < report["peak_rss_bytes"] < 2**30
+
+
 def test_missing_model_file_is_clear_error(tmp_path):
     result = run_cli("generate", "hi", "-m", str(tmp_path / "missing.gguf"))
     assert result.returncode == 2

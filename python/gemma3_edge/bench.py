@@ -24,13 +24,17 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def bench(model: Model, n_prompt: int = 512, n_gen: int = 128, repetitions: int = 3, seed: int = 0) -> dict:
+def bench(model: Model, n_prompt: int = 512, n_gen: int = 128, repetitions: int = 3, seed: int = 0,
+          bandwidth: bool = True) -> dict:
     """Measure prefill and decode tokens per second on model's context.
 
     Prefill (pp): n_prompt random tokens in one call from an empty cache, logits for the last
     token only. Decode (tg): n_gen random tokens one at a time from an empty cache, logits for
     each. Random tokens as llama-bench uses them; each test runs once to warm up, then
     `repetitions` times, and the mean and standard deviation of the rates are reported.
+    The process's peak resident memory is read after the tests. With bandwidth=False the
+    read-bandwidth fields are left for add_bandwidth(), so that several reports can take
+    their memory peaks before any bandwidth test allocates its buffer.
     """
     if n_prompt < 1 or n_gen < 1 or repetitions < 1:
         raise ValueError("n_prompt, n_gen and repetitions must be >= 1")
@@ -63,10 +67,7 @@ def bench(model: Model, n_prompt: int = 512, n_gen: int = 128, repetitions: int 
         results[f"tg{n_gen}"] = _summary(rates)
         context.reset()
 
-    bandwidth = _core.measure_read_bandwidth(model.n_threads, 1 << 30, 5)
-    bytes_per_token = model._model.weight_bytes
-    limit = bandwidth / bytes_per_token
-    return {
+    report = {
         "model": str(model.path),
         "precision": model.precision,
         "isa": _core.active_isa(),
@@ -74,13 +75,24 @@ def bench(model: Model, n_prompt: int = 512, n_gen: int = 128, repetitions: int 
         "cpu": _cpu_name(),
         "n_cpus": os.cpu_count(),
         "results": results,
-        "read_bandwidth_gb_s": bandwidth / 1e9,
-        "weight_bytes_per_token": bytes_per_token,
-        "decode_limit_tok_s": limit,
-        "decode_fraction_of_limit": results[f"tg{n_gen}"]["mean"] / limit,
+        "weight_bytes_per_token": model._model.weight_bytes,
         "peak_rss_bytes": _core.peak_rss_bytes(),
         "kv_cache_bytes": model.kv_bytes,
     }
+    if bandwidth:
+        add_bandwidth(report)
+    return report
+
+
+def add_bandwidth(report: dict) -> None:
+    """Adds the machine's read bandwidth with the report's thread count, the decode limit it
+    implies for the model's weights and the fraction of it that decode reached."""
+    bandwidth = _core.measure_read_bandwidth(report["n_threads"], 1 << 30, 5)
+    limit = bandwidth / report["weight_bytes_per_token"]
+    decode = next(r for name, r in report["results"].items() if name.startswith("tg"))
+    report["read_bandwidth_gb_s"] = bandwidth / 1e9
+    report["decode_limit_tok_s"] = limit
+    report["decode_fraction_of_limit"] = decode["mean"] / limit
 
 
 def _summary(rates: list[float]) -> dict:
