@@ -180,7 +180,7 @@ def bench_gemma3_edge(gguf_path: Path, n_threads: int, args) -> dict:
 
 
 def peak_rss_child(engine: str, gguf_path: Path, n_threads: int, args) -> None:
-    """Runs in the child process: load, prefill, decode, print VmHWM in bytes."""
+    """Load, prefill and decode in this (child) process, then print its VmHWM in bytes."""
     n_ctx = args.n_prompt + args.n_gen
     rng = random.Random(args.seed)
     if engine == "llama_cpp":
@@ -201,7 +201,7 @@ def peak_rss_child(engine: str, gguf_path: Path, n_threads: int, args) -> None:
             if line.startswith("VmHWM:"):
                 print(int(line.split()[1]) * 1024)
                 return
-    raise RuntimeError("no VmHWM line in /proc/self/status")
+    raise RuntimeError("VmHWM not found in /proc/self/status; peak memory needs Linux")
 
 
 def measure_peak_rss(engine: str, gguf_path: Path, n_threads: int, args) -> int:

@@ -85,8 +85,11 @@ def bench(model: Model, n_prompt: int = 512, n_gen: int = 128, repetitions: int 
 
 
 def add_bandwidth(report: dict) -> None:
-    """Adds the machine's read bandwidth with the report's thread count, the decode limit it
-    implies for the model's weights and the fraction of it that decode reached."""
+    """Add the read bandwidth at the report's thread count and the decode limit it implies.
+
+    The limit is the bandwidth divided by the weight bytes read per token; the report also
+    gets the fraction of that limit that decode reached.
+    """
     bandwidth = _core.measure_read_bandwidth(report["n_threads"], 1 << 30, 5)
     limit = bandwidth / report["weight_bytes_per_token"]
     decode = next(r for name, r in report["results"].items() if name.startswith("tg"))
