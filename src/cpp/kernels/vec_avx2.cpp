@@ -222,25 +222,25 @@ void axpy_q8(float alpha, const int8_t* x, const float* scales, float* y, int64_
   }
 }
 
-// Attention products (see vec.h). dot_rows takes 4 query rows and 2 keys at a time, with
-// dot's two accumulators per pair. axpy_rows keeps 4 rows x 32 outputs in registers while the
-// value rows stream past. Other shapes fall back to dot and axpy.
+// Attention products (see vec.h). With 16 vector registers, dot_rows takes 2 query rows and
+// 2 keys at a time, with dot's two accumulators per pair, and axpy_rows keeps a tile of at
+// most 8 accumulators while the value rows stream past. Other shapes fall back to dot and axpy.
 void dot_rows(const float* q, int64_t ldq, int64_t rows, const float* k, int64_t ldk, int64_t count, int64_t n,
               float* s, int64_t lds) {
   int64_t r = 0;
   if (n % 16 == 0) {
-    for (; r + 4 <= rows; r += 4) {
+    for (; r + 2 <= rows; r += 2) {
       int64_t j = 0;
       for (; j + 2 <= count; j += 2) {
-        __m256 a0[4][2], a1[4][2];
-        for (int rr = 0; rr < 4; ++rr) a0[rr][0] = a0[rr][1] = a1[rr][0] = a1[rr][1] = _mm256_setzero_ps();
+        __m256 a0[2][2], a1[2][2];
+        for (int rr = 0; rr < 2; ++rr) a0[rr][0] = a0[rr][1] = a1[rr][0] = a1[rr][1] = _mm256_setzero_ps();
         for (int64_t i = 0; i < n; i += 16) {
           __m256 k0[2], k1[2];
           for (int jj = 0; jj < 2; ++jj) {
             k0[jj] = _mm256_loadu_ps(k + (j + jj) * ldk + i);
             k1[jj] = _mm256_loadu_ps(k + (j + jj) * ldk + i + 8);
           }
-          for (int rr = 0; rr < 4; ++rr) {
+          for (int rr = 0; rr < 2; ++rr) {
             const __m256 q0 = _mm256_loadu_ps(q + (r + rr) * ldq + i);
             const __m256 q1 = _mm256_loadu_ps(q + (r + rr) * ldq + i + 8);
             for (int jj = 0; jj < 2; ++jj) {
@@ -249,14 +249,12 @@ void dot_rows(const float* q, int64_t ldq, int64_t rows, const float* k, int64_t
             }
           }
         }
-        for (int rr = 0; rr < 4; ++rr) {
-          for (int jj = 0; jj < 2; ++jj) {
-            s[(r + rr) * lds + j + jj] = hsum(_mm256_add_ps(a0[rr][jj], a1[rr][jj]));
-          }
+        for (int rr = 0; rr < 2; ++rr) {
+          for (int jj = 0; jj < 2; ++jj) s[(r + rr) * lds + j + jj] = hsum(_mm256_add_ps(a0[rr][jj], a1[rr][jj]));
         }
       }
       for (; j < count; ++j) {
-        for (int rr = 0; rr < 4; ++rr) s[(r + rr) * lds + j] = dot(q + (r + rr) * ldq, k + j * ldk, n);
+        for (int rr = 0; rr < 2; ++rr) s[(r + rr) * lds + j] = dot(q + (r + rr) * ldq, k + j * ldk, n);
       }
     }
   }
@@ -265,23 +263,26 @@ void dot_rows(const float* q, int64_t ldq, int64_t rows, const float* k, int64_t
   }
 }
 
-template <int R>
-void axpy_rows_tile(const float* p, int64_t ldp, const float* v, int64_t ldv, int64_t count, int64_t c0, float* out,
-                    int64_t ldo) {
-  __m256 acc[R][4];
-  for (int r = 0; r < R; ++r) {
-    for (int x = 0; x < 4; ++x) acc[r][x] = _mm256_loadu_ps(out + r * ldo + c0 + 8 * x);
-  }
-  for (int64_t j = 0; j < count; ++j) {
-    __m256 vx[4];
-    for (int x = 0; x < 4; ++x) vx[x] = _mm256_loadu_ps(v + j * ldv + c0 + 8 * x);
+// R rows x 8 X outputs in registers; n is a multiple of 8 X.
+template <int R, int X>
+void axpy_rows_columns(const float* p, int64_t ldp, const float* v, int64_t ldv, int64_t count, int64_t n, float* out,
+                       int64_t ldo) {
+  for (int64_t c0 = 0; c0 < n; c0 += 8 * X) {
+    __m256 acc[R][X];
     for (int r = 0; r < R; ++r) {
-      const __m256 pr = _mm256_set1_ps(p[r * ldp + j]);
-      for (int x = 0; x < 4; ++x) acc[r][x] = _mm256_fmadd_ps(pr, vx[x], acc[r][x]);
+      for (int x = 0; x < X; ++x) acc[r][x] = _mm256_loadu_ps(out + r * ldo + c0 + 8 * x);
     }
-  }
-  for (int r = 0; r < R; ++r) {
-    for (int x = 0; x < 4; ++x) _mm256_storeu_ps(out + r * ldo + c0 + 8 * x, acc[r][x]);
+    for (int64_t j = 0; j < count; ++j) {
+      __m256 vx[X];
+      for (int x = 0; x < X; ++x) vx[x] = _mm256_loadu_ps(v + j * ldv + c0 + 8 * x);
+      for (int r = 0; r < R; ++r) {
+        const __m256 pr = _mm256_set1_ps(p[r * ldp + j]);
+        for (int x = 0; x < X; ++x) acc[r][x] = _mm256_fmadd_ps(pr, vx[x], acc[r][x]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      for (int x = 0; x < X; ++x) _mm256_storeu_ps(out + r * ldo + c0 + 8 * x, acc[r][x]);
+    }
   }
 }
 
@@ -293,15 +294,13 @@ void axpy_rows(const float* p, int64_t ldp, int64_t rows, const float* v, int64_
     }
     return;
   }
-  for (int64_t c0 = 0; c0 < n; c0 += 32) {
-    int64_t r = 0;
-    for (; r + 4 <= rows; r += 4) axpy_rows_tile<4>(p + r * ldp, ldp, v, ldv, count, c0, out + r * ldo, ldo);
-    switch (rows - r) {
-      case 3: axpy_rows_tile<3>(p + r * ldp, ldp, v, ldv, count, c0, out + r * ldo, ldo); break;
-      case 2: axpy_rows_tile<2>(p + r * ldp, ldp, v, ldv, count, c0, out + r * ldo, ldo); break;
-      case 1: axpy_rows_tile<1>(p + r * ldp, ldp, v, ldv, count, c0, out + r * ldo, ldo); break;
-      default: break;
-    }
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) axpy_rows_columns<4, 2>(p + r * ldp, ldp, v, ldv, count, n, out + r * ldo, ldo);
+  switch (rows - r) {
+    case 3: axpy_rows_columns<3, 2>(p + r * ldp, ldp, v, ldv, count, n, out + r * ldo, ldo); break;
+    case 2: axpy_rows_columns<2, 4>(p + r * ldp, ldp, v, ldv, count, n, out + r * ldo, ldo); break;
+    case 1: axpy_rows_columns<1, 4>(p + r * ldp, ldp, v, ldv, count, n, out + r * ldo, ldo); break;
+    default: break;
   }
 }
 

@@ -201,8 +201,8 @@ void axpy_q8(float alpha, const int8_t* x, const float* scales, float* y, int64_
 }
 
 // Attention products (see vec.h). dot_rows takes 4 query rows and 2 keys at a time, with
-// dot's two accumulators per pair. axpy_rows keeps 4 rows x 64 outputs in registers while the
-// value rows stream past. Other shapes fall back to dot and axpy.
+// dot's two accumulators per pair. axpy_rows keeps a tile of outputs in registers while the
+// value rows stream past. Other shapes fall back to dot.
 void dot_rows(const float* q, int64_t ldq, int64_t rows, const float* k, int64_t ldk, int64_t count, int64_t n,
               float* s, int64_t lds) {
   int64_t r = 0;
@@ -243,39 +243,45 @@ void dot_rows(const float* q, int64_t ldq, int64_t rows, const float* k, int64_t
   }
 }
 
-template <int R>
+// R rows x 16 X outputs in registers. Fewer rows take wider tiles, so that decode reads each
+// value row in one or two passes rather than four.
+template <int R, int X>
 void axpy_rows_tile(const float* p, int64_t ldp, const float* v, int64_t ldv, int64_t count, int64_t c0, int64_t n,
                     float* out, int64_t ldo) {
-  __mmask16 mask[4];
-  for (int x = 0; x < 4; ++x) mask[x] = tail_mask(std::max<int64_t>(0, n - c0 - 16 * x));
-  __m512 acc[R][4];
+  __mmask16 mask[X];
+  for (int x = 0; x < X; ++x) mask[x] = tail_mask(std::max<int64_t>(0, n - c0 - 16 * x));
+  __m512 acc[R][X];
   for (int r = 0; r < R; ++r) {
-    for (int x = 0; x < 4; ++x) acc[r][x] = _mm512_maskz_loadu_ps(mask[x], out + r * ldo + c0 + 16 * x);
+    for (int x = 0; x < X; ++x) acc[r][x] = _mm512_maskz_loadu_ps(mask[x], out + r * ldo + c0 + 16 * x);
   }
   for (int64_t j = 0; j < count; ++j) {
-    __m512 vx[4];
-    for (int x = 0; x < 4; ++x) vx[x] = _mm512_maskz_loadu_ps(mask[x], v + j * ldv + c0 + 16 * x);
+    __m512 vx[X];
+    for (int x = 0; x < X; ++x) vx[x] = _mm512_maskz_loadu_ps(mask[x], v + j * ldv + c0 + 16 * x);
     for (int r = 0; r < R; ++r) {
       const __m512 pr = _mm512_set1_ps(p[r * ldp + j]);
-      for (int x = 0; x < 4; ++x) acc[r][x] = _mm512_fmadd_ps(pr, vx[x], acc[r][x]);
+      for (int x = 0; x < X; ++x) acc[r][x] = _mm512_fmadd_ps(pr, vx[x], acc[r][x]);
     }
   }
   for (int r = 0; r < R; ++r) {
-    for (int x = 0; x < 4; ++x) _mm512_mask_storeu_ps(out + r * ldo + c0 + 16 * x, mask[x], acc[r][x]);
+    for (int x = 0; x < X; ++x) _mm512_mask_storeu_ps(out + r * ldo + c0 + 16 * x, mask[x], acc[r][x]);
   }
+}
+
+template <int R, int X>
+void axpy_rows_columns(const float* p, int64_t ldp, const float* v, int64_t ldv, int64_t count, int64_t n, float* out,
+                       int64_t ldo) {
+  for (int64_t c0 = 0; c0 < n; c0 += 16 * X) axpy_rows_tile<R, X>(p, ldp, v, ldv, count, c0, n, out, ldo);
 }
 
 void axpy_rows(const float* p, int64_t ldp, int64_t rows, const float* v, int64_t ldv, int64_t count, int64_t n,
                float* out, int64_t ldo) {
-  for (int64_t c0 = 0; c0 < n; c0 += 64) {
-    int64_t r = 0;
-    for (; r + 4 <= rows; r += 4) axpy_rows_tile<4>(p + r * ldp, ldp, v, ldv, count, c0, n, out + r * ldo, ldo);
-    switch (rows - r) {
-      case 3: axpy_rows_tile<3>(p + r * ldp, ldp, v, ldv, count, c0, n, out + r * ldo, ldo); break;
-      case 2: axpy_rows_tile<2>(p + r * ldp, ldp, v, ldv, count, c0, n, out + r * ldo, ldo); break;
-      case 1: axpy_rows_tile<1>(p + r * ldp, ldp, v, ldv, count, c0, n, out + r * ldo, ldo); break;
-      default: break;
-    }
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) axpy_rows_columns<4, 4>(p + r * ldp, ldp, v, ldv, count, n, out + r * ldo, ldo);
+  switch (rows - r) {
+    case 3: axpy_rows_columns<3, 8>(p + r * ldp, ldp, v, ldv, count, n, out + r * ldo, ldo); break;
+    case 2: axpy_rows_columns<2, 8>(p + r * ldp, ldp, v, ldv, count, n, out + r * ldo, ldo); break;
+    case 1: axpy_rows_columns<1, 16>(p + r * ldp, ldp, v, ldv, count, n, out + r * ldo, ldo); break;
+    default: break;
   }
 }
 
