@@ -634,21 +634,18 @@ void Context::gather_kv(int64_t il, bool values, int64_t first, int64_t count, i
       continue;
     }
     const uint8_t* row = cache + (position % slots) * row_bytes_;
+    const VecOps& vec = vec_ops();
     switch (options_.kv_type) {
       case KVType::kF32:
         std::memcpy(dst, reinterpret_cast<const float*>(row) + offset, hd * sizeof(float));
         break;
-      case KVType::kF16: {
-        const uint16_t* src = reinterpret_cast<const uint16_t*>(row) + offset;
-        for (int64_t i = 0; i < hd; ++i) dst[i] = fp16_to_fp32(src[i]);
+      case KVType::kF16:
+        vec.f16_to_f32(reinterpret_cast<const uint16_t*>(row) + offset, dst, hd);
         break;
-      }
-      case KVType::kInt8: {
-        const int8_t* src = reinterpret_cast<const int8_t*>(row) + offset;
-        const float* scales = reinterpret_cast<const float*>(row + kv_dim) + offset / kKVBlock;
-        for (int64_t i = 0; i < hd; ++i) dst[i] = scales[i / kKVBlock] * static_cast<float>(src[i]);
+      case KVType::kInt8:
+        vec.q8_to_f32(reinterpret_cast<const int8_t*>(row) + offset,
+                      reinterpret_cast<const float*>(row + kv_dim) + offset / kKVBlock, dst, hd);
         break;
-      }
     }
   }
 }

@@ -39,13 +39,11 @@ struct VecOps {
   void (*axpy_rows)(const float* p, int64_t ldp, int64_t rows, const float* v, int64_t ldv, int64_t count, int64_t n,
                     float* out, int64_t ldo);
 
-  // KV cache rows stored as IEEE half floats: dot product with a float vector, and y += alpha * x.
-  float (*dot_f16)(const float* a, const uint16_t* b, int64_t n);
-  void (*axpy_f16)(float alpha, const uint16_t* x, float* y, int64_t n);
-  // KV cache rows stored as int8 in blocks of kKVBlock with one float scale per block
-  // (value = scale * q); n is a multiple of kKVBlock.
-  float (*dot_q8)(const float* a, const int8_t* b, const float* scales, int64_t n);
-  void (*axpy_q8)(float alpha, const int8_t* x, const float* scales, float* y, int64_t n);
+  // KV cache rows to float32, exactly: out[i] = x[i] for IEEE half floats, and for int8 in
+  // blocks of kKVBlock with one float scale per block, out[i] = scales[i / kKVBlock] * x[i]
+  // (n a multiple of kKVBlock).
+  void (*f16_to_f32)(const uint16_t* x, float* out, int64_t n);
+  void (*q8_to_f32)(const int8_t* x, const float* scales, float* out, int64_t n);
 };
 
 // dot_rows and axpy_rows as loops over an implementation's dot and axpy, for instruction sets

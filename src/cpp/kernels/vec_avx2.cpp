@@ -179,45 +179,21 @@ inline __m256 load_f16(const uint16_t* p) {
 
 inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 
-float dot_f16(const float* a, const uint16_t* b, int64_t n) {
-  __m256 acc = _mm256_setzero_ps();
+void f16_to_f32(const uint16_t* x, float* out, int64_t n) {
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load_f16(b + i), acc);
-  float sum = hsum(acc);
-  for (; i < n; ++i) sum += a[i] * half_to_float(b[i]);
-  return sum;
-}
-
-void axpy_f16(float alpha, const uint16_t* x, float* y, int64_t n) {
-  const __m256 va = _mm256_set1_ps(alpha);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, load_f16(x + i), _mm256_loadu_ps(y + i)));
-  for (; i < n; ++i) y[i] += alpha * half_to_float(x[i]);
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, load_f16(x + i));
+  for (; i < n; ++i) out[i] = half_to_float(x[i]);
 }
 
 inline __m256 load_q8(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
 
-float dot_q8(const float* a, const int8_t* b, const float* scales, int64_t n) {
-  __m256 acc = _mm256_setzero_ps();
+void q8_to_f32(const int8_t* x, const float* scales, float* out, int64_t n) {
   for (int64_t blk = 0; blk < n / kKVBlock; ++blk) {
-    const int64_t i = blk * kKVBlock;
-    __m256 part = _mm256_mul_ps(_mm256_loadu_ps(a + i), load_q8(b + i));
-    part = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), load_q8(b + i + 8), part);
-    part = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), load_q8(b + i + 16), part);
-    part = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), load_q8(b + i + 24), part);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(scales[blk]), part, acc);
-  }
-  return hsum(acc);
-}
-
-void axpy_q8(float alpha, const int8_t* x, const float* scales, float* y, int64_t n) {
-  for (int64_t blk = 0; blk < n / kKVBlock; ++blk) {
-    const int64_t i = blk * kKVBlock;
-    const __m256 s = _mm256_set1_ps(alpha * scales[blk]);
-    for (int64_t j = 0; j < kKVBlock; j += 8) {
-      _mm256_storeu_ps(y + i + j, _mm256_fmadd_ps(s, load_q8(x + i + j), _mm256_loadu_ps(y + i + j)));
+    const __m256 s = _mm256_set1_ps(scales[blk]);
+    for (int64_t i = blk * kKVBlock; i < (blk + 1) * kKVBlock; i += 8) {
+      _mm256_storeu_ps(out + i, _mm256_mul_ps(s, load_q8(x + i)));
     }
   }
 }
@@ -307,8 +283,8 @@ void axpy_rows(const float* p, int64_t ldp, int64_t rows, const float* v, int64_
 }  // namespace
 
 const VecOps& vec_ops_avx2() {
-  static const VecOps ops{"avx2", dot,     axpy,     scale,  exp_shifted, max, rms_norm, gelu_tanh_mul,
-                          sgemm, dot_rows, axpy_rows,  dot_f16, axpy_f16, dot_q8, axpy_q8};
+  static const VecOps ops{"avx2", dot, axpy, scale, exp_shifted, max, rms_norm, gelu_tanh_mul, sgemm,
+                          dot_rows, axpy_rows, f16_to_f32, q8_to_f32};
   return ops;
 }
 

@@ -157,22 +157,10 @@ void sgemm(const float* panels, int64_t n, int64_t k, const float* x, int64_t m,
   }
 }
 
-float dot_f16(const float* a, const uint16_t* b, int64_t n) {
-  __m512 acc = _mm512_setzero_ps();
+void f16_to_f32(const uint16_t* x, float* out, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = tail_mask(n - i);
-    const __m512 bf = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, b + i));
-    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), bf, acc);
-  }
-  return _mm512_reduce_add_ps(acc);
-}
-
-void axpy_f16(float alpha, const uint16_t* x, float* y, int64_t n) {
-  const __m512 va = _mm512_set1_ps(alpha);
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = tail_mask(n - i);
-    const __m512 xf = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, x + i));
-    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, xf, _mm512_maskz_loadu_ps(m, y + i)));
+    _mm512_mask_storeu_ps(out + i, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, x + i)));
   }
 }
 
@@ -180,23 +168,12 @@ inline __m512 load_q8(const int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
 
-float dot_q8(const float* a, const int8_t* b, const float* scales, int64_t n) {
-  __m512 acc = _mm512_setzero_ps();
+void q8_to_f32(const int8_t* x, const float* scales, float* out, int64_t n) {
   for (int64_t blk = 0; blk < n / kKVBlock; ++blk) {
+    const __m512 s = _mm512_set1_ps(scales[blk]);
     const int64_t i = blk * kKVBlock;
-    __m512 part = _mm512_mul_ps(_mm512_loadu_ps(a + i), load_q8(b + i));
-    part = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), load_q8(b + i + 16), part);
-    acc = _mm512_fmadd_ps(_mm512_set1_ps(scales[blk]), part, acc);
-  }
-  return _mm512_reduce_add_ps(acc);
-}
-
-void axpy_q8(float alpha, const int8_t* x, const float* scales, float* y, int64_t n) {
-  for (int64_t blk = 0; blk < n / kKVBlock; ++blk) {
-    const int64_t i = blk * kKVBlock;
-    const __m512 s = _mm512_set1_ps(alpha * scales[blk]);
-    _mm512_storeu_ps(y + i, _mm512_fmadd_ps(s, load_q8(x + i), _mm512_loadu_ps(y + i)));
-    _mm512_storeu_ps(y + i + 16, _mm512_fmadd_ps(s, load_q8(x + i + 16), _mm512_loadu_ps(y + i + 16)));
+    _mm512_storeu_ps(out + i, _mm512_mul_ps(s, load_q8(x + i)));
+    _mm512_storeu_ps(out + i + 16, _mm512_mul_ps(s, load_q8(x + i + 16)));
   }
 }
 
@@ -288,8 +265,8 @@ void axpy_rows(const float* p, int64_t ldp, int64_t rows, const float* v, int64_
 }  // namespace
 
 const VecOps& vec_ops_avx512() {
-  static const VecOps ops{"avx512", dot,     axpy,     scale,  exp_shifted, max, rms_norm, gelu_tanh_mul,
-                          sgemm, dot_rows, axpy_rows,    dot_f16, axpy_f16, dot_q8, axpy_q8};
+  static const VecOps ops{"avx512", dot, axpy, scale, exp_shifted, max, rms_norm, gelu_tanh_mul, sgemm,
+                          dot_rows, axpy_rows, f16_to_f32, q8_to_f32};
   return ops;
 }
 

@@ -174,24 +174,10 @@ inline float half_to_float(uint16_t h) {
   return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
 }
 
-float dot_f16(const float* a, const uint16_t* b, int64_t n) {
-  float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = acc0;
+void f16_to_f32(const uint16_t* x, float* out, int64_t n) {
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    acc0 = vfmaq_f32(acc0, vld1q_f32(a + i), load_f16(b + i));
-    acc1 = vfmaq_f32(acc1, vld1q_f32(a + i + 4), load_f16(b + i + 4));
-  }
-  for (; i + 4 <= n; i += 4) acc0 = vfmaq_f32(acc0, vld1q_f32(a + i), load_f16(b + i));
-  float sum = vaddvq_f32(vaddq_f32(acc0, acc1));
-  for (; i < n; ++i) sum += a[i] * half_to_float(b[i]);
-  return sum;
-}
-
-void axpy_f16(float alpha, const uint16_t* x, float* y, int64_t n) {
-  const float32x4_t va = vdupq_n_f32(alpha);
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_f32(vld1q_f32(y + i), va, load_f16(x + i)));
-  for (; i < n; ++i) y[i] += alpha * half_to_float(x[i]);
+  for (; i + 4 <= n; i += 4) vst1q_f32(out + i, load_f16(x + i));
+  for (; i < n; ++i) out[i] = half_to_float(x[i]);
 }
 
 // Sixteen int8 values widened to four float vectors (exact: |q| <= 128).
@@ -204,33 +190,13 @@ inline void load_q8x16(const int8_t* p, float32x4_t (&out)[4]) {
   out[3] = vcvtq_f32_s32(vmovl_s16(vget_high_s16(hi)));
 }
 
-float dot_q8(const float* a, const int8_t* b, const float* scales, int64_t n) {
-  static_assert(kKVBlock == 32, "dot_q8 and axpy_q8 handle a block as two groups of 16");
-  float32x4_t acc = vdupq_n_f32(0.0f);
+void q8_to_f32(const int8_t* x, const float* scales, float* out, int64_t n) {
   for (int64_t blk = 0; blk < n / kKVBlock; ++blk) {
-    const int64_t i = blk * kKVBlock;
-    float32x4_t q[4];
-    load_q8x16(b + i, q);
-    float32x4_t part = vmulq_f32(vld1q_f32(a + i), q[0]);
-    for (int j = 1; j < 4; ++j) part = vfmaq_f32(part, vld1q_f32(a + i + 4 * j), q[j]);
-    load_q8x16(b + i + 16, q);
-    for (int j = 0; j < 4; ++j) part = vfmaq_f32(part, vld1q_f32(a + i + 16 + 4 * j), q[j]);
-    acc = vfmaq_n_f32(acc, part, scales[blk]);
-  }
-  return vaddvq_f32(acc);
-}
-
-void axpy_q8(float alpha, const int8_t* x, const float* scales, float* y, int64_t n) {
-  for (int64_t blk = 0; blk < n / kKVBlock; ++blk) {
-    const int64_t i = blk * kKVBlock;
-    const float32x4_t s = vdupq_n_f32(alpha * scales[blk]);
-    for (int64_t half = 0; half < kKVBlock; half += 16) {
+    const float32x4_t s = vdupq_n_f32(scales[blk]);
+    for (int64_t i = blk * kKVBlock; i < (blk + 1) * kKVBlock; i += 16) {
       float32x4_t q[4];
-      load_q8x16(x + i + half, q);
-      for (int j = 0; j < 4; ++j) {
-        float* yp = y + i + half + 4 * j;
-        vst1q_f32(yp, vfmaq_f32(vld1q_f32(yp), s, q[j]));
-      }
+      load_q8x16(x + i, q);
+      for (int j = 0; j < 4; ++j) vst1q_f32(out + i + 4 * j, vmulq_f32(s, q[j]));
     }
   }
 }
@@ -238,8 +204,8 @@ void axpy_q8(float alpha, const int8_t* x, const float* scales, float* y, int64_
 }  // namespace
 
 const VecOps& vec_ops_neon() {
-  static const VecOps ops{"neon", dot,     axpy,     scale,  exp_shifted, max, rms_norm, gelu_tanh_mul,
-                          sgemm, dot_rows_by_pair<dot>, axpy_rows_by_pair<axpy>,  dot_f16, axpy_f16, dot_q8, axpy_q8};
+  static const VecOps ops{"neon", dot, axpy, scale, exp_shifted, max, rms_norm, gelu_tanh_mul, sgemm,
+                          dot_rows_by_pair<dot>, axpy_rows_by_pair<axpy>, f16_to_f32, q8_to_f32};
   return ops;
 }
 

@@ -71,30 +71,13 @@ void sgemm(const float* panels, int64_t n, int64_t k, const float* x, int64_t m,
   }
 }
 
-float dot_f16(const float* a, const uint16_t* b, int64_t n) {
-  float sum = 0.0f;
-  for (int64_t i = 0; i < n; ++i) sum += a[i] * fp16_to_fp32(b[i]);
-  return sum;
+void f16_to_f32(const uint16_t* x, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = fp16_to_fp32(x[i]);
 }
 
-void axpy_f16(float alpha, const uint16_t* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += alpha * fp16_to_fp32(x[i]);
-}
-
-float dot_q8(const float* a, const int8_t* b, const float* scales, int64_t n) {
-  float sum = 0.0f;
+void q8_to_f32(const int8_t* x, const float* scales, float* out, int64_t n) {
   for (int64_t blk = 0; blk < n / kKVBlock; ++blk) {
-    float partial = 0.0f;
-    for (int64_t i = blk * kKVBlock; i < (blk + 1) * kKVBlock; ++i) partial += a[i] * static_cast<float>(b[i]);
-    sum += scales[blk] * partial;
-  }
-  return sum;
-}
-
-void axpy_q8(float alpha, const int8_t* x, const float* scales, float* y, int64_t n) {
-  for (int64_t blk = 0; blk < n / kKVBlock; ++blk) {
-    const float s = alpha * scales[blk];
-    for (int64_t i = blk * kKVBlock; i < (blk + 1) * kKVBlock; ++i) y[i] += s * static_cast<float>(x[i]);
+    for (int64_t i = blk * kKVBlock; i < (blk + 1) * kKVBlock; ++i) out[i] = scales[blk] * static_cast<float>(x[i]);
   }
 }
 
@@ -125,8 +108,8 @@ void sgemm_unpack_row(const float* panels, int64_t r, int64_t k, float* out) {
 }
 
 const VecOps& vec_ops_scalar() {
-  static const VecOps ops{"scalar", dot,     axpy,    scale,  exp_shifted, max, rms_norm, gelu_tanh_mul,
-                          sgemm, dot_rows_by_pair<dot>, axpy_rows_by_pair<axpy>,    dot_f16, axpy_f16, dot_q8, axpy_q8};
+  static const VecOps ops{"scalar", dot, axpy, scale, exp_shifted, max, rms_norm, gelu_tanh_mul, sgemm,
+                          dot_rows_by_pair<dot>, axpy_rows_by_pair<axpy>, f16_to_f32, q8_to_f32};
   return ops;
 }
 
