@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 import gemma3_edge
@@ -14,13 +15,6 @@ N_CTX = 256
 CHAT = [{"role": "user", "content": "Hi"}]
 IMAGE_CHAT = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
                                            {"type": "text", "text": "What is this?"}]}]
-
-# Bugs left for model.py: numbers, token ids and flags are converted with float()/int(), so a
-# string or a float passes silently or fails with a message that does not name the argument.
-# Proposed fix: check each with a helper like _check_int ("temperature must be a number, got str").
-LAX_NUMBERS = "model.py _generate() calls float()/int() on sampling arguments, so a str/float is converted silently or fails without naming the argument"
-LAX_PROMPT = "model.py _prepare_prompt() iterates any non-text prompt, so None or 5 fails with \"'int' object is not iterable\""
-LAX_TOKEN_IDS = "model.py _prepare_prompt() and logits() call int() on each token id, so 1.5 becomes 1 and '7' becomes 7 silently"
 
 
 @pytest.fixture(scope="module")
@@ -97,17 +91,26 @@ GENERATE_CASES = [
     ("prompt_invalid_utf8", generate(prompt=b"\xff\xfe caf\xc3"), None, None),  # documented: byte pieces
     ("prompt_lone_surrogate", generate(prompt="abc\ud800def"), ValueError, r"lone surrogate at index 3"),
     ("special_control_text", generate(prompt="<start_of_turn>user\nHi", special=True), None, None),
-]
-
-LAX_CASES = [
-    ("temperature_string", generate(temperature="hot"), TypeError, r"temperature must be a number", LAX_NUMBERS),
-    ("temperature_none", generate(temperature=None), TypeError, r"temperature must be a number", LAX_NUMBERS),
-    ("top_k_float", generate(top_k=2.7), TypeError, r"top_k must be an integer", LAX_NUMBERS),
-    ("top_k_huge", generate(top_k=2**40), ValueError, r"top_k", LAX_NUMBERS),
-    ("prompt_id_float", generate(prompt=[2, 1.5]), TypeError, r"token id", LAX_TOKEN_IDS),
-    ("prompt_id_string", generate(prompt=[2, "7"]), TypeError, r"token id", LAX_TOKEN_IDS),
-    ("prompt_none", generate(prompt=None), TypeError, r"prompt must be", LAX_PROMPT),
-    ("prompt_int", generate(prompt=5), TypeError, r"prompt must be", LAX_PROMPT),
+    ("special_string", generate(special="yes"), TypeError, r"special must be True or False, got str"),
+    ("stream_int", generate(stream=1), TypeError, r"stream must be True or False, got int"),
+    ("temperature_string", generate(temperature="hot"), TypeError, r"temperature must be a number, got str \('hot'\)"),
+    ("temperature_none", generate(temperature=None), TypeError, r"temperature must be a number, got NoneType"),
+    ("temperature_bool", generate(temperature=True), TypeError, r"temperature must be a number, got bool"),
+    ("top_p_string", generate(top_p="0.9"), TypeError, r"top_p must be a number, got str"),
+    ("min_p_none", generate(min_p=None), TypeError, r"min_p must be a number, got NoneType"),
+    ("repeat_penalty_list", generate(repeat_penalty=[1.1]), TypeError, r"repeat_penalty must be a number, got list"),
+    ("top_k_float", generate(top_k=2.7), TypeError, r"top_k must be an integer, got float"),
+    ("top_k_huge", generate(top_k=2**40), ValueError, r"top_k must be <= 2147483647, got 1099511627776"),
+    ("top_k_above_vocab", generate(top_k=10**6), None, None),  # documented: keeps every token
+    ("prompt_id_float", generate(prompt=[2, 1.5]), TypeError, r"prompt token id 1\.5 at index 1 of prompt is a float"),
+    ("prompt_id_string", generate(prompt=[2, "7"]), TypeError, r"prompt token id '7' at index 1 of prompt is a str"),
+    ("prompt_id_bool", generate(prompt=[2, True]), TypeError, r"prompt token id True at index 1 of prompt is a bool"),
+    ("prompt_ids_numpy", generate(prompt=np.array([2, 818, 5279])), None, None),
+    ("prompt_ids_numpy_float", generate(prompt=np.array([2.0, 818.0])), TypeError, r"prompt token id .* is a float64"),
+    ("prompt_none", generate(prompt=None), TypeError,
+     r"prompt must be text \(str or bytes\) or a sequence of token ids, got NoneType"),
+    ("prompt_int", generate(prompt=5), TypeError, r"prompt must be text .* got int"),
+    ("prompt_set", generate(prompt={2, 3}), TypeError, r"prompt must be text .* got set"),
 ]
 
 CHAT_CASES = [
@@ -126,6 +129,12 @@ CHAT_CASES = [
     ("chat_top_logprobs_too_many", chat(logprobs=True, top_logprobs=21), ValueError, r"top_logprobs must be from 0 to 20"),
     ("chat_top_logprobs_without_logprobs", chat(top_logprobs=2), ValueError, r"top_logprobs=2 needs logprobs=true"),
     ("chat_stop_list_of_int", chat(stop=[1]), TypeError, r"each stop must be a string"),
+    ("chat_temperature_string", chat(temperature="0.5"), TypeError, r"temperature must be a number, got str"),
+    ("chat_top_k_float", chat(top_k=4.0), TypeError, r"top_k must be an integer, got float"),
+    ("completion_prompt_none", lambda m: m.create_completion(None, max_tokens=2), TypeError,
+     r"prompt must be text .* got NoneType"),
+    ("completion_prompt_id_float", lambda m: m.create_completion([2, 3.5], max_tokens=2), TypeError,
+     r"prompt token id 3\.5 at index 1"),
 ]
 
 OTHER_CASES = [
@@ -138,6 +147,13 @@ OTHER_CASES = [
     ("logits_too_long", lambda m: m.logits([2] * (N_CTX + 1)), ValueError, r"257 tokens do not fit in n_ctx 256"),
     ("logits_start_out_of_range", lambda m: m.logits([2, 3], start=2), ValueError, r"start must be in 0..1, got 2"),
     ("logits_id_outside_vocab", lambda m: m.logits([2, 10**6]), ValueError, r"token id 1000000 .*outside the vocabulary"),
+    ("logits_id_float", lambda m: m.logits([2, 3.0]), TypeError, r"token id 3\.0 at index 1 of token_ids is a float"),
+    ("logits_ids_none", lambda m: m.logits(None), TypeError, r"token_ids must be a sequence of token ids, got NoneType"),
+    ("logits_start_float", lambda m: m.logits([2, 3], start=0.5), TypeError, r"start must be an integer, got float"),
+    ("logits_start_negative", lambda m: m.logits([2, 3], start=-1), ValueError, r"start must be >= 0, got -1"),
+    ("next_logits_id_string", lambda m: m.next_logits([2, "3"]), TypeError, r"token id '3' at index 1 of token_ids"),
+    ("detokenize_id_float", lambda m: m.detokenize([2.5]), TypeError, r"token id 2\.5 at index 0 of ids is a float"),
+    ("detokenize_string", lambda m: m.detokenize("abc"), TypeError, r"ids must be a sequence of token ids, got str"),
     ("next_logits_empty", lambda m: m.next_logits([]), ValueError, r"token_ids is empty"),
     ("perplexity_n_ctx_small", lambda m: m.perplexity("some text " * 50, n_ctx=2), ValueError, r"n_ctx must be >= 4"),
     ("perplexity_n_ctx_large", lambda m: m.perplexity("x", n_ctx=N_CTX + 1), ValueError, r"exceeds the model's n_ctx"),
@@ -149,8 +165,6 @@ def table():
     params = []
     for case_id, call, error, pattern in GENERATE_CASES + CHAT_CASES + OTHER_CASES:
         params.append(pytest.param(call, error, pattern, id=case_id))
-    for case_id, call, error, pattern, reason in LAX_CASES:
-        params.append(pytest.param(call, error, pattern, id=case_id, marks=pytest.mark.xfail(strict=True, reason=reason)))
     return params
 
 

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
@@ -190,3 +191,54 @@ def test_corpus_covers_every_case_kind():
                      "architecture_llama", "vocabulary_smaller_than_embedding", "f32_inf_matrix",
                      "q8_0_nan_scale", "real_q4_K_d_nonfinite_0"]:
         assert required in names, f"case {required} is missing from the corpus"
+
+
+# Finite but extreme weights -----------------------------------------------------------------------
+# Files that load, because every weight is finite, but whose activations leave the float32 range.
+# Both are committed fuzzing regression inputs, built from the seed tests/fuzz/corpus/fuzz_gguf/
+# tiny_q8_0.gguf (1 layer, q8_0 matrices, f32 norm weights).
+
+REGRESSIONS = REPO_ROOT / "tests" / "fuzz" / "regressions" / "fuzz_gguf"
+# Norm weights up to 1.4e34 (a fuzzer's mutation of the seed): the activations overflow to
+# infinity and the logits are NaN.
+HUGE_NORMS = REGRESSIONS / "huge_norm_weights_nonfinite_activations.gguf"
+# The seed with every norm weight multiplied by 1e-38: activation blocks whose max |x| is below
+# 3.7e-37, where 1 / (max|x| / 127) overflows float32.
+TINY_NORMS = REGRESSIONS / "tiny_norm_weights_subnormal_activation_scales.gguf"
+ISAS = gemma3_edge._core.available_isas()
+
+
+@pytest.fixture
+def restore_isa():
+    before = gemma3_edge._core.active_isa()
+    yield
+    gemma3_edge._core.set_isa(before)
+
+
+@pytest.mark.parametrize("precision", ["quantized", "f32"])
+@pytest.mark.parametrize("isa", ISAS)
+def test_nan_logits_raise_in_generation(isa, precision, restore_isa):
+    gemma3_edge._core.set_isa(isa)
+    model = gemma3_edge.Model(HUGE_NORMS, n_ctx=16, n_threads=1, precision=precision)
+    bos = model.config["bos_id"]
+    # Documented: logits() returns what the forward pass computed, NaN included.
+    assert np.isnan(model.logits([bos])).all()
+    expected = rf"{HUGE_NORMS.name} produced NaN logits at position 0"
+    with pytest.raises(FloatingPointError, match=expected):
+        model.generate([bos], max_tokens=3, temperature=0)
+    with pytest.raises(FloatingPointError, match=expected):
+        model.create_completion([bos], max_tokens=3, temperature=0.8, seed=1)
+    with pytest.raises(FloatingPointError, match=expected):
+        next(model.generate([bos], max_tokens=3, stream=True))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_tiny_activations_flush_to_zero(isa, restore_isa):
+    gemma3_edge._core.set_isa(isa)
+    ids = [2, 5, 6]
+    quantized = gemma3_edge.Model(TINY_NORMS, n_ctx=16, n_threads=1).logits(ids)
+    reference = gemma3_edge.Model(TINY_NORMS, n_ctx=16, n_threads=1, precision="f32").logits(ids)
+    assert np.isfinite(quantized).all()
+    # The int8 activation blocks of max |x| < 3.7e-37 become 0. The f32 path computes logits
+    # below 1.7e-37 for this file, so the two paths differ by less than 1e-36.
+    assert np.abs(quantized - reference).max() < 1e-36

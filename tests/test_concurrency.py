@@ -51,7 +51,7 @@ def run_job(model, kind, argument):
         return model.generate(argument, max_tokens=10, temperature=0)
     if kind == "logits":
         return model.logits(argument)
-    # Only the text: usage and finish_reason of concurrent chats are the xfail test below.
+    # Only the text: usage and finish_reason with another thread waiting are tested below.
     return chat_result(model.create_chat_completion(CHATS[argument], max_tokens=10, temperature=0))[0]
 
 
@@ -93,23 +93,77 @@ def test_stream_closed_early_leaves_model_usable(model):
     assert model.generate(REFERENCE_PROMPT, max_tokens=8, temperature=0) == reference
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "model.py _run() sets self.last_stats before it takes the lock, and chat.py _Run reads usage and "
-    "finish_reason from model.last_stats, so a call from another thread that is waiting for the lock "
-    "replaces them. Fix: let _generate() hand its GenerationStats to the caller (e.g. a "
-    "_generate_with_stats() returning (pieces, stats)) and have _Run use that object"))
-def test_chat_usage_with_another_thread_waiting(model):
+class ContendedLock:
+    """Wraps a Model's lock and sets contended when a thread finds it held and waits for it."""
+
+    def __init__(self, lock) -> None:
+        self.lock = lock
+        self.contended = threading.Event()
+
+    def __enter__(self):
+        if not self.lock.acquire(blocking=False):
+            self.contended.set()
+            self.lock.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.lock.release()
+
+
+class StartWaiterOnSecondCheck(threading.Event):
+    """A cancel_event that is never set. At its second check, after the first piece (while the
+    generation holds the model's lock), it starts a generate() on another thread and returns
+    once that call waits for the lock."""
+
+    def __init__(self, model, lock: ContendedLock) -> None:
+        super().__init__()
+        self.model = model
+        self.lock = lock
+        self.checks = 0
+        self.waiter = None
+
+    def is_set(self) -> bool:
+        self.checks += 1
+        if self.checks == 2:
+            self.waiter = start_waiter(self.model, self.lock)
+        return False
+
+
+def start_waiter(model, lock: ContendedLock) -> threading.Thread:
+    waiter = threading.Thread(target=model.generate, args=("Hello",), kwargs={"max_tokens": 3, "temperature": 0})
+    waiter.start()
+    assert lock.contended.wait(timeout=60), "the other thread's generate() never waited for the model's lock"
+    return waiter
+
+
+@pytest.fixture
+def watched_lock(model):
+    lock = ContendedLock(model._lock)
+    model._lock = lock
+    yield lock
+    model._lock = lock.lock
+
+
+def test_chat_usage_with_another_thread_waiting(model, watched_lock):
+    expected = model.create_chat_completion(CHATS[0], max_tokens=10, temperature=0)
+    event = StartWaiterOnSecondCheck(model, watched_lock)
+    completion = model.create_chat_completion(CHATS[0], max_tokens=10, temperature=0, cancel_event=event)
+    assert event.waiter is not None, "the generation ended before its second piece"
+    event.waiter.join(timeout=120)
+    text, finish_reason, usage = chat_result(completion)
+    expected_text, expected_finish_reason, expected_usage = chat_result(expected)
+    assert text == expected_text
+    assert finish_reason == expected_finish_reason
+    assert usage == expected_usage
+
+
+def test_chat_stream_with_another_thread_waiting(model, watched_lock):
     expected = chat_result(model.create_chat_completion(CHATS[0], max_tokens=10, temperature=0))
     chunks = model.create_chat_completion(CHATS[0], max_tokens=10, temperature=0, stream=True)
     received = [next(chunks), next(chunks)]  # the generation now holds the model's lock
-    own_stats = model.last_stats
-    waiting = threading.Thread(target=model.generate, args=("Hello",), kwargs={"max_tokens": 3, "temperature": 0})
-    waiting.start()
-    deadline = time.monotonic() + 30
-    while model.last_stats is own_stats and time.monotonic() < deadline:
-        time.sleep(0.01)
+    waiter = start_waiter(model, watched_lock)
     received += list(chunks)
-    waiting.join(timeout=120)
+    waiter.join(timeout=120)
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in received)
     assert text == expected[0]
     assert received[-1]["choices"][0]["finish_reason"] == expected[1]

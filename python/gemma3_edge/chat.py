@@ -22,7 +22,6 @@ special=False, so text written in a message can never become <end_of_turn> or an
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import tempfile
@@ -32,8 +31,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
-
-from gemma3_edge.model import GenerationStats
 
 if TYPE_CHECKING:
     from gemma3_edge.model import Model
@@ -395,13 +392,9 @@ def create_completion(
     """
     if logprobs is not None:
         logprobs = _check_top_logprobs("logprobs", logprobs)
-    if isinstance(prompt, (str, bytes)):
-        ids = model.tokenize(prompt, add_bos=True, special=parse_special)
-    else:
-        ids = list(prompt)
-    run = _Run(model, ids, dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                               min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, stop=stop),
-               logprobs, cancel_event)
+    run = _Run(model, prompt, dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                                  min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, stop=stop),
+               logprobs, cancel_event, special=parse_special)
     base = {"id": "cmpl-" + uuid.uuid4().hex, "object": "text_completion", "created": int(time.time()),
             "model": model_id(model)}
     if stream:
@@ -435,15 +428,13 @@ def _check_top_logprobs(name: str, value: Any) -> int:
 class _Run:
     """One generation: text pieces with the log-probabilities of the tokens behind each piece."""
 
-    def __init__(self, model: Model, ids: list[int], sampling: dict, n_logprobs: int | None,
-                 cancel_event: threading.Event | None) -> None:
-        self.model = model
-        # generate() validates every argument here, before the first token, so errors raise at the call.
-        self.pieces = model.generate(ids, stream=True, logprobs=n_logprobs, **sampling)
-        self.n_prompt = len(ids)
+    def __init__(self, model: Model, prompt: str | Sequence[int], sampling: dict, n_logprobs: int | None,
+                 cancel_event: threading.Event | None, special: bool = False) -> None:
+        # Every argument is checked here, before the first token, so errors raise at the call.
+        # This run reads its own stats object, because model.last_stats may be another thread's.
+        self.pieces, self.stats = model._generate_with_stats(prompt, special=special, logprobs=n_logprobs, **sampling)
         self.n_logprobs = n_logprobs
         self.cancel_event = cancel_event
-        self.stats = None
         self.cancelled = False
         self.leftover = None  # log-probabilities of tokens whose text no piece carried (cut by a stop string)
 
@@ -458,20 +449,13 @@ class _Run:
                     piece = next(self.pieces)
                 except StopIteration:
                     break
-                # generate() sets last_stats when its generator starts, so this is our run's while no
-                # other thread generates on the same model (the server runs one generation at a time).
-                self.stats = self.model.last_stats
                 entries = None
                 if self.n_logprobs is not None:
                     entries = self.stats.logprobs[seen:]
                     seen = len(self.stats.logprobs)
                 yield piece, entries
         finally:
-            never_started = inspect.getgeneratorstate(self.pieces) == inspect.GEN_CREATED
             self.pieces.close()
-        if self.stats is None:
-            # A run cancelled before its first token never started, so last_stats is another run's.
-            self.stats = GenerationStats(prompt_tokens=self.n_prompt) if never_started else self.model.last_stats
         if self.n_logprobs is not None:
             self.leftover = (self.stats.logprobs or [])[seen:]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import struct
 import tempfile
@@ -23,6 +24,7 @@ ModelLoadError = _core.ModelLoadError
 
 PRECISIONS = ("quantized", "f32")
 KV_TYPES = ("f32", "f16", "int8")
+_INT32_MAX = 2**31 - 1  # the sampler's top_k is a C++ int32_t
 
 
 def kv_bytes_per_value(kv_type: str) -> float:
@@ -61,6 +63,19 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def _check_number(name: str, value: object) -> float:
+    """Return value as a float. The sampler checks its range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+    return float(value)
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} ({value!r})")
+    return bool(value)
 
 
 @dataclass
@@ -219,21 +234,32 @@ class Model:
         return self.detokenize_bytes(ids).decode("utf-8", errors="replace")
 
     def detokenize_bytes(self, ids: Sequence[int]) -> bytes:
-        ids = list(ids)
-        for i in ids:
-            if not 0 <= i < self.n_vocab:
-                raise ValueError(f"token id {i} is outside the vocabulary (0..{self.n_vocab - 1})")
-        return self._model.tokenizer.decode(ids)
+        return self._model.tokenizer.decode(self._check_token_ids("ids", ids))
+
+    def _check_token_ids(self, name: str, ids: object, label: str = "token id") -> list[int]:
+        """Return ids (the argument called name) as a list of ints inside the vocabulary."""
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, np.ndarray)):
+            raise TypeError(f"{name} must be a sequence of token ids, got {type(ids).__name__}")
+        checked = []
+        for index, value in enumerate(ids):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{label} {value!r} at index {index} of {name} is a {type(value).__name__}, not an "
+                                "integer; pass integer ids as tokenize() returns them")
+            if not 0 <= value < self.n_vocab:
+                raise ValueError(f"{label} {value} is outside the vocabulary (0..{self.n_vocab - 1})")
+            checked.append(int(value))
+        return checked
 
     # Scoring ----------------------------------------------------------------------------------
 
     def logits(self, token_ids: Sequence[int], start: int = 0) -> np.ndarray:
         """Teacher-forced logits from a fresh context, float32 [len(token_ids) - start, vocab]:
         the rows of positions start .. len(token_ids) - 1."""
-        ids = [int(i) for i in token_ids]
+        ids = self._check_token_ids("token_ids", token_ids)
         if not ids:
             raise ValueError("token_ids is empty")
-        if not 0 <= start < len(ids):
+        start = _check_int("start", start, 0)
+        if start >= len(ids):
             raise ValueError(f"start must be in 0..{len(ids) - 1}, got {start}")
         if len(ids) > self.n_ctx:
             raise ValueError(f"{len(ids)} tokens do not fit in n_ctx {self.n_ctx}; create the Model with a larger n_ctx")
@@ -245,7 +271,7 @@ class Model:
     def next_logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """Logits after the last of token_ids, float32 [vocab], reusing the longest cached prefix
         as generate() does. Returns what a cold evaluation of token_ids would return."""
-        ids = [int(i) for i in token_ids]
+        ids = self._check_token_ids("token_ids", token_ids)
         if not ids:
             raise ValueError("token_ids is empty")
         if len(ids) > self.n_ctx:
@@ -397,10 +423,13 @@ class Model:
         all images at the start). pan_and_scan=True (or a dict of gemma3_edge.vision.PanAndScan
         options) adds crops of wide or tall images as transformers' Gemma 3 processor does.
         """
+        stream = _check_bool("stream", stream)
         if images is not None:
             prompt = self.image_prompt(prompt, images, pan_and_scan=pan_and_scan, special=special)
-        pieces = self._generate(prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, special,
-                                logprobs)
+        pieces, _ = self._generate_with_stats(
+            prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+            repeat_penalty=repeat_penalty, seed=seed, stop=stop, special=special, logprobs=logprobs,
+        )
         if stream:
             return pieces
         return "".join(pieces)
@@ -453,11 +482,12 @@ class Model:
             ids = list(prompt.ids)  # tokenized already
         elif isinstance(prompt, (str, bytes)):
             ids = self.tokenize(prompt, add_bos=True, special=special)
+        elif isinstance(prompt, (Sequence, np.ndarray)):
+            ids = self._check_token_ids("prompt", prompt, label="prompt token id")
         else:
-            ids = [int(i) for i in prompt]
-            for i in ids:
-                if not 0 <= i < self.n_vocab:
-                    raise ValueError(f"prompt token id {i} is outside the vocabulary (0..{self.n_vocab - 1})")
+            raise TypeError(
+                f"prompt must be text (str or bytes) or a sequence of token ids, got {type(prompt).__name__}"
+            )
         if not ids:
             raise ValueError("prompt is empty; pass text or at least one token id")
         if len(ids) >= self.n_ctx:
@@ -467,38 +497,53 @@ class Model:
             )
         return ids
 
-    def _generate(self, prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, special,
-                  logprobs=None):
+    def _generate_with_stats(self, prompt, *, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop,
+                             special=False, logprobs=None) -> tuple[Iterator[str], GenerationStats]:
+        """Check generate()'s arguments and return (text pieces, stats).
+
+        The pieces come from a generator that has not started yet, and stats is the
+        GenerationStats object that it fills in. Callers that may share the model with other
+        threads read stats, because last_stats belongs to whichever generation ran last.
+        """
         if max_tokens is not None:
             max_tokens = _check_int("max_tokens", max_tokens, 1)
         if logprobs is not None:
             logprobs = min(_check_int("logprobs", logprobs, 0), self.n_vocab)
+        special = _check_bool("special", special)
         stops = _normalise_stops(stop)
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
         seed = _check_int("seed", seed, 0) & 0xFFFFFFFFFFFFFFFF
+        top_k = _check_int("top_k", top_k, 0)
+        if top_k > _INT32_MAX:
+            raise ValueError(f"top_k must be <= {_INT32_MAX}, got {top_k}; any top_k >= the vocabulary size "
+                             f"({self.n_vocab}) keeps every token, as 0 does")
         sampler = _core.Sampler(
-            temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), min_p=float(min_p),
-            repeat_penalty=float(repeat_penalty), seed=seed,
+            temperature=_check_number("temperature", temperature), top_k=top_k,
+            top_p=_check_number("top_p", top_p), min_p=_check_number("min_p", min_p),
+            repeat_penalty=_check_number("repeat_penalty", repeat_penalty), seed=seed,
         )
         ids = self._prepare_prompt(prompt, special)
         multimodal = prompt if isinstance(prompt, MultimodalPrompt) else None
-        # Validation happens above, before the generator starts, so bad arguments raise at the call.
-        return self._run(ids, max_tokens, sampler, stops, logprobs, multimodal)
 
-    def _run(self, ids: list[int], max_tokens: int | None, sampler, stops: list[str],
-             logprobs: int | None = None, multimodal=None) -> Iterator[str]:
         stats = GenerationStats(prompt_tokens=len(ids))
-        # The cache is matched on keys: ids, with image soft tokens standing for their image.
-        keys = ids if multimodal is None else multimodal.keys
         if multimodal is not None:
             stats.image_seconds = multimodal.encode_seconds
             stats.images_encoded = multimodal.images_encoded
             stats.images_cached = multimodal.images_cached
         if logprobs is not None:
             stats.logprobs = []
-        self.last_stats = stats
+        # Validation happens above, before the generator starts, so bad arguments raise at the call.
+        return self._run(ids, max_tokens, sampler, stops, stats, logprobs, multimodal), stats
+
+    def _run(self, ids: list[int], max_tokens: int | None, sampler, stops: list[str], stats: GenerationStats,
+             logprobs: int | None = None, multimodal=None) -> Iterator[str]:
+        # The cache is matched on keys: ids, with image soft tokens standing for their image.
+        keys = ids if multimodal is None else multimodal.keys
         with self._lock:
+            # Set under the lock, so that a call waiting for the lock cannot replace the stats of
+            # the generation that holds it.
+            self.last_stats = stats
             context = self._context
             decoder = _core.StreamingDecoder(self._model.tokenizer)
             history = list(ids)
@@ -516,7 +561,7 @@ class Model:
                     reused = self._reuse_before_image(reused, multimodal)
                     inputs = multimodal.eval_inputs(reused, self.config["d_model"])
                 stats.cached_prompt_tokens = reused
-                logits = context.eval(ids[reused:], -1, **inputs)[0]
+                logits = self._check_logits(context.eval(ids[reused:], -1, **inputs)[0], len(ids) - 1)
                 stats.prompt_seconds = time.perf_counter() - started
                 started = time.perf_counter()
                 stats.finish_reason = "length"
@@ -546,7 +591,7 @@ class Model:
                         pending = ""
                     if stats.completion_tokens >= limit:
                         break
-                    logits = context.eval([token], -1)[0]
+                    logits = self._check_logits(context.eval([token], -1)[0], len(history) - 1)
             finally:
                 # The cache contains the first n_past tokens of what was fed to it, however this
                 # ended (a stop, an error, Ctrl-C, or the caller closing the stream early).
@@ -562,6 +607,17 @@ class Model:
             if pending:
                 yield pending
 
+
+    def _check_logits(self, logits: np.ndarray, position: int) -> np.ndarray:
+        """Return logits, or raise FloatingPointError when they contain NaN, because any token
+        sampled from them would be meaningless."""
+        if np.isnan(logits).any():
+            raise FloatingPointError(
+                f"{self.path.name} produced NaN logits at position {position}: the forward pass overflowed "
+                "(weights that are finite but huge can make activations infinite), so no token can be sampled; "
+                "check the model file or convert it again"
+            )
+        return logits
 
     _MAX_REMEMBERED_REPLIES = 32
 

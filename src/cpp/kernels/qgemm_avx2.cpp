@@ -7,7 +7,9 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "kernels/qformat.h"
 #include "kernels/qgemm_driver.h"
@@ -208,19 +210,36 @@ void quantize_acts_avx2(const float* x, const QActs& a, int64_t r0, int64_t r1) 
   float* xs_all = const_cast<float*>(a.xs);
   int32_t* bsum_all = const_cast<int32_t*>(a.bsum);
   const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
   for (int64_t i = r0; i < r1; ++i) {
     for (int64_t b = 0; b < a.n_kb; ++b) {
       const float* xb = x + i * a.cols + b * kBlockK;
       __m256 v[4];
-      for (int j = 0; j < 4; ++j) v[j] = _mm256_loadu_ps(xb + 8 * j);
-      __m256 mx = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
-                                _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+      __m256 abs[4];
+      for (int j = 0; j < 4; ++j) {
+        v[j] = _mm256_loadu_ps(xb + 8 * j);
+        abs[j] = _mm256_andnot_ps(sign, v[j]);
+      }
+      // The unordered "not less than" comparison is true for infinities and NaN. Such a block
+      // is stored as quantize_acts_scalar() stores it.
+      const __m256 nonfinite =
+          _mm256_or_ps(_mm256_or_ps(_mm256_cmp_ps(abs[0], inf, _CMP_NLT_UQ), _mm256_cmp_ps(abs[1], inf, _CMP_NLT_UQ)),
+                       _mm256_or_ps(_mm256_cmp_ps(abs[2], inf, _CMP_NLT_UQ), _mm256_cmp_ps(abs[3], inf, _CMP_NLT_UQ)));
+      if (_mm256_movemask_ps(nonfinite) != 0) {
+        std::memset(xq_all + i * a.cols + b * kBlockK, 0, kBlockK);
+        xs_all[i * a.n_kb + b] = std::numeric_limits<float>::quiet_NaN();
+        bsum_all[(i * a.n_kb + b) * 2 + 0] = 0;
+        bsum_all[(i * a.n_kb + b) * 2 + 1] = 0;
+        continue;
+      }
+      __m256 mx = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
       __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
       m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
       m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
       const float amax = _mm_cvtss_f32(m4);
       const float d = amax / 127.0f;
-      const float id = d != 0.0f ? 1.0f / d : 0.0f;
+      // 1 / d is infinite for d == 0 and for d below about 2.9e-39 (see quantize_acts_scalar).
+      const float id = d != 0.0f && std::isfinite(1.0f / d) ? 1.0f / d : 0.0f;
       const __m256 vid = _mm256_set1_ps(id);
       __m256i q[4];
       // cvtps_epi32 rounds half to even under the default MXCSR, like nearbyint in the reference.

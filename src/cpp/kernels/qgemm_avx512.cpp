@@ -7,7 +7,9 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "kernels/qformat.h"
 #include "kernels/qgemm_driver.h"
@@ -172,15 +174,27 @@ void quantize_acts_avx512(const float* x, const QActs& a, int64_t r0, int64_t r1
   for (int64_t i = r0; i < r1; ++i) {
     for (int64_t b = 0; b < a.n_kb; ++b) {
       const float* xb = x + i * a.cols + b * kBlockK;
+      int8_t* q = xq_all + i * a.cols + b * kBlockK;
       const __m512 x0 = _mm512_loadu_ps(xb), x1 = _mm512_loadu_ps(xb + 16);
-      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+      const __m512 abs0 = _mm512_abs_ps(x0), abs1 = _mm512_abs_ps(x1);
+      // The unordered "not less than" comparison is true for infinities and NaN. Such a block
+      // is stored as quantize_acts_scalar() stores it.
+      const __m512 inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+      if ((_mm512_cmp_ps_mask(abs0, inf, _CMP_NLT_UQ) | _mm512_cmp_ps_mask(abs1, inf, _CMP_NLT_UQ)) != 0) {
+        std::memset(q, 0, kBlockK);
+        xs_all[i * a.n_kb + b] = std::numeric_limits<float>::quiet_NaN();
+        bsum_all[(i * a.n_kb + b) * 2 + 0] = 0;
+        bsum_all[(i * a.n_kb + b) * 2 + 1] = 0;
+        continue;
+      }
+      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(abs0, abs1));
       const float d = amax / 127.0f;
-      const float id = d != 0.0f ? 1.0f / d : 0.0f;
+      // 1 / d is infinite for d == 0 and for d below about 2.9e-39 (see quantize_acts_scalar).
+      const float id = d != 0.0f && std::isfinite(1.0f / d) ? 1.0f / d : 0.0f;
       const __m512 vid = _mm512_set1_ps(id);
       // cvtps_epi32 rounds half to even under the default MXCSR, like nearbyint in the reference.
       const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, vid));
       const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, vid));
-      int8_t* q = xq_all + i * a.cols + b * kBlockK;
       _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(q0));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16), _mm512_cvtepi32_epi8(q1));
       xs_all[i * a.n_kb + b] = d;

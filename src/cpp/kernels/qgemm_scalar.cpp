@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "kernels/ggml_types.h"
 #include "kernels/qformat.h"
@@ -35,6 +36,12 @@ QActs acts_view(void* scratch, int64_t m, int64_t cols) {
 
 // Per block of 32: xs = max|x| / 127, xq = round-half-even(x * (1 / xs)) (ggml's Q8_0 rule up
 // to the tie-breaking, which every ISA here shares), bsum = sums of xq over each half.
+// Every ISA treats two kinds of block alike:
+// - a block with an infinite or NaN value stores xq = 0, bsum = 0 and xs = NaN, so every
+//   output that uses it is NaN. Converting such values to int8 is undefined in C++ (SIMD
+//   conversions give INT_MIN), and the GEMM would then overflow int32 in -zp * bsum;
+// - a block with max|x| below about 3.7e-37 stores xq = 0, because 1 / xs overflows to
+//   infinity there. The absolute error per value is below 3.7e-37.
 void quantize_acts_scalar(const float* x, const QActs& a, int64_t r0, int64_t r1) {
   int8_t* xq_all = const_cast<int8_t*>(a.xq);
   float* xs_all = const_cast<float*>(a.xs);
@@ -42,11 +49,23 @@ void quantize_acts_scalar(const float* x, const QActs& a, int64_t r0, int64_t r1
   for (int64_t i = r0; i < r1; ++i) {
     for (int64_t b = 0; b < a.n_kb; ++b) {
       const float* xb = x + i * a.cols + b * kBlockK;
-      float amax = 0.0f;
-      for (int k = 0; k < kBlockK; ++k) amax = std::max(amax, std::fabs(xb[k]));
-      const float d = amax / 127.0f;
-      const float id = d != 0.0f ? 1.0f / d : 0.0f;
       int8_t* q = xq_all + i * a.cols + b * kBlockK;
+      float amax = 0.0f;
+      bool finite = true;
+      for (int k = 0; k < kBlockK; ++k) {
+        amax = std::max(amax, std::fabs(xb[k]));
+        finite = finite && std::isfinite(xb[k]);
+      }
+      if (!finite) {
+        std::memset(q, 0, kBlockK);
+        xs_all[i * a.n_kb + b] = std::numeric_limits<float>::quiet_NaN();
+        bsum_all[(i * a.n_kb + b) * 2 + 0] = 0;
+        bsum_all[(i * a.n_kb + b) * 2 + 1] = 0;
+        continue;
+      }
+      const float d = amax / 127.0f;
+      // 1 / d is infinite for d == 0 and for d below about 2.9e-39 (max|x| below about 3.7e-37).
+      const float id = d != 0.0f && std::isfinite(1.0f / d) ? 1.0f / d : 0.0f;
       int32_t s[2] = {0, 0};
       for (int k = 0; k < kBlockK; ++k) {
         q[k] = static_cast<int8_t>(std::nearbyint(xb[k] * id));
