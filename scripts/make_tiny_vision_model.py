@@ -24,6 +24,7 @@ Usage:
   python scripts/make_tiny_vision_model.py --goldens          # rewrite tests/golden/vision
   python scripts/make_tiny_vision_model.py --out DIR          # write the GGUF files only
   python scripts/make_tiny_vision_model.py --out DIR --hf     # also save the HF checkpoint
+                                                              # (input for gemma3-edge convert)
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from gemma3_edge.quantize.vision import hf_vision_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GOLDEN_DIR = REPO_ROOT / "tests" / "golden" / "vision"
@@ -266,35 +269,36 @@ def write_text_gguf(path: str | Path, weights: dict[str, np.ndarray], weight_typ
     return Path(path)
 
 
-def _hf_vision_name(name: str) -> str | None:
-    """Map a vision tensor name of a transformers checkpoint (the 4.x layout
-    "vision_tower.vision_model.*" or the 5.x state-dict layout "model.vision_tower.*") to
-    llama.cpp's mmproj name, or None for a tensor the mmproj file does not contain."""
-    if name.startswith("model."):
-        name = name[len("model."):]
-    name = name.replace("vision_tower.vision_model.", "vision_tower.")
-    name = name.replace("mm_input_projection_weight", "mm_input_projection.weight")
-    fixed = {
-        "vision_tower.embeddings.patch_embedding": "v.patch_embd",
-        "vision_tower.embeddings.position_embedding": "v.position_embd",
-        "vision_tower.post_layernorm": "v.post_ln",
-        "multi_modal_projector.mm_input_projection": "mm.input_projection",
-        "multi_modal_projector.mm_soft_emb_norm": "mm.soft_emb_norm",
-    }
-    stem, _, suffix = name.rpartition(".")
-    if stem in fixed:
-        return f"{fixed[stem]}.{suffix}"
-    prefix = "vision_tower.encoder.layers."
-    if not stem.startswith(prefix):
-        return None
-    block, _, part = stem[len(prefix):].partition(".")
-    layer_parts = {
-        "layer_norm1": "ln1", "layer_norm2": "ln2", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-        "self_attn.v_proj": "attn_v", "self_attn.out_proj": "attn_out", "mlp.fc1": "ffn_up", "mlp.fc2": "ffn_down",
-    }
-    if part not in layer_parts:
-        return None
-    return f"v.blk.{block}.{layer_parts[part]}.{suffix}"
+def write_tokenizer_model(path: str | Path) -> Path:
+    """Write the tiny vocabulary as a SentencePiece model file (tokenizer.model), the form in
+    which a Hugging Face Gemma 3 checkpoint carries its tokenizer and the converter reads it."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    for piece, score, kind in zip(*vocabulary()):
+        entry = proto.pieces.add()
+        entry.piece, entry.score, entry.type = piece, score, kind
+    proto.trainer_spec.model_type = pb.TrainerSpec.BPE
+    proto.trainer_spec.byte_fallback = True
+    proto.trainer_spec.pad_id, proto.trainer_spec.eos_id, proto.trainer_spec.bos_id = 0, 1, 2
+    proto.trainer_spec.unk_id = 3
+    proto.normalizer_spec.add_dummy_prefix = False
+    proto.normalizer_spec.remove_extra_whitespaces = False
+    Path(path).write_bytes(proto.SerializeToString())
+    return Path(path)
+
+
+def write_hf_checkpoint(directory: str | Path, dtype: str = "float32") -> Path:
+    """Save the tiny model with transformers' save_pretrained (in torch dtype `dtype`) and its
+    tokenizer.model into directory: a Gemma3ForConditionalGeneration checkpoint for
+    `gemma3-edge convert`. Needs torch and transformers."""
+    import torch
+
+    directory = Path(directory)
+    model = hf_model(make_weights()).to(getattr(torch, dtype))
+    model.save_pretrained(directory)
+    write_tokenizer_model(directory / "tokenizer.model")
+    return directory
 
 
 def write_mmproj_gguf(path: str | Path, tensors: dict[str, np.ndarray], vision_config: dict, text_hidden_size: int,
@@ -339,7 +343,7 @@ def write_mmproj_gguf(path: str | Path, tensors: dict[str, np.ndarray], vision_c
         writer.add_vision_projector_scale_factor(scale_factor)
 
     for name in sorted(tensors):
-        ours = _hf_vision_name(name)
+        ours = hf_vision_name(name)
         if ours is None:
             continue
         data = np.asarray(tensors[name], dtype=np.float32)
@@ -675,7 +679,8 @@ def make_goldens(out_dir: Path, threads: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="folder for the GGUF files (and --hf checkpoint)")
-    parser.add_argument("--hf", action="store_true", help="also save the transformers checkpoint in --out/hf")
+    parser.add_argument("--hf", action="store_true",
+                        help="also save the transformers checkpoint and its tokenizer.model in --out/hf")
     parser.add_argument("--goldens", action="store_true", help=f"write the goldens to {GOLDEN_DIR}")
     parser.add_argument("--golden-dir", type=Path, default=GOLDEN_DIR, help="folder for --goldens")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
@@ -686,9 +691,7 @@ def main() -> int:
         text, mmproj = write_model(args.out)
         print(f"wrote {text} and {mmproj}")
         if args.hf:
-            model = hf_model(make_weights())
-            model.save_pretrained(args.out / "hf")
-            print(f"wrote {args.out / 'hf'}")
+            print(f"wrote {write_hf_checkpoint(args.out / 'hf')}")
     if args.goldens:
         make_goldens(args.golden_dir, args.threads)
     return 0

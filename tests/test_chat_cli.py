@@ -109,3 +109,73 @@ def test_ctrl_c_stops_answer_then_eof_exits():
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+IMAGE_STATUS = re.compile(r"\[(\d+) tokens at [\d.]+ tokens/s; prompt (\d+) tokens: (\d+) reused from the cache, "
+                          r"\d+ computed in [\d.]+ s; finish: \w+; images: (\d+) encoded, (\d+) from the image cache")
+
+
+@pytest.fixture(scope="module")
+def vision_model(tmp_path_factory):
+    """The tiny random vision model of scripts/make_tiny_vision_model.py and a sample image file."""
+    pytest.importorskip("gguf")
+    from test_vision import tiny
+
+    folder = tmp_path_factory.mktemp("chat-vision")
+    text, mmproj = tiny.write_model(folder)
+    image = folder / "square.png"
+    tiny.sample_images()["square"].save(image)
+    return text, mmproj, image
+
+
+def test_image_command_attaches_image(vision_model, tmp_path):
+    text, mmproj, image = vision_model
+    saved = tmp_path / "chat.json"
+    command = CHAT_COMMAND[1:] + ["-c", "2048", "-n", "3", "-m", str(text), "--mmproj", str(mmproj)]
+    child = pexpect.spawn(CHAT_COMMAND[0], command, encoding="utf-8", timeout=180)
+    try:
+        child.expect_exact("> ")
+        child.sendline(f"/image {tmp_path / 'missing.png'}")
+        child.expect_exact("/image failed: image file not found")
+        child.expect_exact("> ")
+        child.sendline(f"/image {image}")
+        child.expect_exact("attached to the next message (1 attached)")
+        child.expect_exact("> ")
+        child.sendline("what is it?")
+        child.expect(IMAGE_STATUS)
+        # 256 soft tokens plus the text: the image was encoded once.
+        assert int(child.match.group(2)) > 256
+        assert (child.match.group(4), child.match.group(5)) == ("1", "0")
+        child.expect_exact("> ")
+        child.sendline("and then?")
+        child.expect(IMAGE_STATUS)
+        # The follow-up turn sends the whole conversation again and takes the image from the cache.
+        assert (child.match.group(4), child.match.group(5)) == ("0", "1")
+        child.expect_exact("> ")
+        child.sendline(f"/save {saved}")
+        child.expect_exact("saved")
+        child.expect_exact("> ")
+        child.sendline(f"/load {saved}")
+        child.expect_exact("loaded 4 messages")
+        child.expect_exact("> ")
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    messages = json.loads(saved.read_text(encoding="utf-8"))["messages"]
+    assert messages[0]["content"] == [{"type": "image", "path": str(image)}, {"type": "text", "text": "what is it?"}]
+    assert messages[2]["content"] == "and then?"
+
+
+def test_image_command_without_vision_tower(tmp_path):
+    saved = tmp_path / "with-image.json"
+    messages = [{"role": "user", "content": [{"type": "image", "path": str(tmp_path / "photo.png")},
+                                             {"type": "text", "text": "what is it?"}]},
+                {"role": "assistant", "content": "a cat"}]
+    saved.write_text(json.dumps(messages), encoding="utf-8")
+    result = run_chat([f"/image {tmp_path / 'photo.png'}", f"/load {saved}", "/quit"])
+    assert result.returncode == 0
+    assert "/image failed" in result.stderr
+    assert "without a vision tower" in result.stderr
+    assert "--mmproj" in result.stderr
+    assert "has image content" in result.stderr

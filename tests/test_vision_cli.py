@@ -57,6 +57,7 @@ def test_bench_reports_image_encode(model_files, capsys):
     assert encode["n_patches"] == 4096
     assert len(encode["runs"]) == 1
     assert encode["mean"] > 0
+    assert encode["cpu_mean"] > 0
 
 
 def test_server_accepts_image_parts(model_files):

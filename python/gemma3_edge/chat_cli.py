@@ -21,6 +21,7 @@ HELP = """Commands:
   /system TEXT   set the system message; /system alone removes it
   /save PATH     write the conversation to PATH as JSON
   /load PATH     continue a conversation written by /save
+  /image PATH    attach an image file to the next message (needs a vision model: --mmproj)
   /help          show this help
   /quit          leave (Ctrl-D at the prompt also leaves)
 Ctrl-C stops the answer being written and returns to the prompt.
@@ -49,6 +50,7 @@ class ChatSession:
         self.sampling = sampling
         self.system = system
         self.turns: list[dict] = []
+        self.pending_images: list[str] = []  # paths that /image attaches to the next user message
         self.out = out or sys.stdout
         self.err = err or sys.stderr
 
@@ -64,7 +66,13 @@ class ChatSession:
         conversation, and an answer stopped before its first character is dropped with its question.
         """
         user = {"role": "user", "content": text}
-        ids = chat.chat_token_ids(self.model, self.messages + [user])
+        if self.pending_images:
+            images = [{"type": "image", "path": path} for path in self.pending_images]
+            user["content"] = images + [{"type": "text", "text": text}]
+            self.pending_images = []
+        # Token ids, or a MultimodalPrompt when the conversation contains images. Images seen in
+        # earlier turns come from the model's image cache instead of being encoded again.
+        ids = chat.chat_prompt(self.model, self.messages + [user])
         if len(ids) >= self.model.n_ctx:
             raise ValueError(
                 f"the conversation has {len(ids)} tokens and no longer fits in the context of {self.model.n_ctx}; "
@@ -101,10 +109,14 @@ class ChatSession:
         # As GenerationStats rates it: the first token comes from the prefill, so rate the decoded ones.
         rate = max(0, stats.completion_tokens - 1) / decode_seconds if decode_seconds > 0 else 0.0
         computed = stats.prompt_tokens - stats.cached_prompt_tokens
+        images = ""
+        if stats.images_encoded or stats.images_cached:
+            images = (f"; images: {stats.images_encoded} encoded, {stats.images_cached} from the image cache, "
+                      f"{stats.image_seconds:.2f} s")
         print(
             f"[{stats.completion_tokens} tokens at {rate:.1f} tokens/s; prompt {stats.prompt_tokens} tokens: "
             f"{stats.cached_prompt_tokens} reused from the cache, {computed} computed in {stats.prompt_seconds:.2f} s; "
-            f"finish: {finish or stats.finish_reason}]",
+            f"finish: {finish or stats.finish_reason}{images}]",
             file=self.err, flush=True,
         )
 
@@ -118,7 +130,10 @@ class ChatSession:
             print(HELP, file=self.err)
         elif name == "/reset":
             self.turns = []
+            self.pending_images = []
             print("conversation cleared", file=self.err)
+        elif name == "/image":
+            self.attach_image(argument)
         elif name == "/system":
             self.system = argument or None
             print("system message set" if argument else "system message removed", file=self.err)
@@ -132,6 +147,25 @@ class ChatSession:
         else:
             print(f"unknown command {name}; /help lists the commands", file=self.err)
         return True
+
+    def attach_image(self, path: str) -> None:
+        """Check that path is an image file and attach it to the next user message."""
+        if not self.model.has_vision:
+            print(f"/image failed: {self.model.path.name} was loaded without a vision tower; restart with "
+                  "--mmproj FILE (the model's vision projector GGUF) to send images", file=self.err)
+            return
+        if not path:
+            print("/image needs an image file path, e.g. /image photo.jpg", file=self.err)
+            return
+        from gemma3_edge import vision
+
+        try:
+            vision.load_image(path).close()
+        except (OSError, ValueError) as error:
+            print(f"/image failed: {error}", file=self.err)
+            return
+        self.pending_images.append(path)
+        print(f"image {path} attached to the next message ({len(self.pending_images)} attached)", file=self.err)
 
     def save(self, path: str) -> None:
         try:
@@ -155,8 +189,12 @@ class ChatSession:
             print(f"load failed: {path} ends with a user message; a loaded conversation must end with an answer",
                   file=self.err)
             return
-        if any(not isinstance(m["content"], str) for m in messages) or not isinstance(system, (str, type(None))):
-            print(f"load failed: {path} has content that is not plain text", file=self.err)
+        if not isinstance(system, (str, type(None))):
+            print(f"load failed: {path} has a system message that is not plain text", file=self.err)
+            return
+        if any(not isinstance(m["content"], str) for m in messages) and not self.model.has_vision:
+            print(f"load failed: {path} has image content, but {self.model.path.name} was loaded without a vision "
+                  "tower; restart with --mmproj FILE", file=self.err)
             return
         self.system = system
         self.turns = messages

@@ -318,13 +318,14 @@ void VisionModel::encode(const float* pixels, float* out, ThreadPool& pool, floa
   std::vector<float> normed(hidden.size()), q(hidden.size()), k(hidden.size()), v(hidden.size());
   std::vector<float> attended(hidden.size()), projected(hidden.size());
   std::vector<float> mlp(static_cast<size_t>(n * c.d_ff));
+  AttentionScratch scratch = make_attention_scratch();
   for (const VisionLayerWeights& l : layers_) {
     // Pre-norm attention block with a residual connection.
     layer_norm(hidden.data(), l.ln1_weight, l.ln1_bias, normed.data(), n, w, c.norm_eps, pool);
     linear(l.wq, l.bq, normed.data(), n, q.data(), pool);
     linear(l.wk, l.bk, normed.data(), n, k.data(), pool);
     linear(l.wv, l.bv, normed.data(), n, v.data(), pool);
-    attention(q.data(), k.data(), v.data(), attended.data(), pool);
+    attention(q.data(), k.data(), v.data(), attended.data(), scratch, pool);
     linear(l.wo, l.bo, attended.data(), n, projected.data(), pool);
     parallel_rows(pool, n, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin * w; i < end * w; ++i) hidden[i] += projected[i];
@@ -369,10 +370,24 @@ void VisionModel::encode(const float* pixels, float* out, ThreadPool& pool, floa
   matmul(projection_, pooled.data(), tokens, out, pool);
 }
 
+VisionModel::AttentionScratch VisionModel::make_attention_scratch() const {
+  const VisionConfig& c = config_;
+  AttentionScratch scratch;
+  // Zero-filled once: packing writes the same positions in every layer, so the padding
+  // columns of the last panel of each head stay zero.
+  scratch.keys.assign(static_cast<size_t>(c.n_heads * sgemm_panel_count(c.n_patches) * kSgemmPanel * c.head_dim),
+                      0.0f);
+  scratch.values.assign(static_cast<size_t>(c.n_heads * sgemm_panel_count(c.head_dim) * kSgemmPanel * c.n_patches),
+                        0.0f);
+  scratch.queries.resize(static_cast<size_t>(c.n_patches * c.width));
+  return scratch;
+}
+
 // Full (bidirectional) multi-head attention over all patches: out = softmax(q k^T / sqrt(d)) v
 // per head, with q, k, v and out laid out (n_patches, width) and head h in columns
 // h * head_dim .. (h + 1) * head_dim - 1.
-void VisionModel::attention(const float* q, const float* k, const float* v, float* out, ThreadPool& pool) const {
+void VisionModel::attention(const float* q, const float* k, const float* v, float* out, AttentionScratch& scratch,
+                            ThreadPool& pool) const {
   const VisionConfig& c = config_;
   const int64_t n = c.n_patches;
   const int64_t w = c.width;
@@ -385,19 +400,19 @@ void VisionModel::attention(const float* q, const float* k, const float* v, floa
   const int64_t value_panels = sgemm_panel_count(hd);
   const int64_t key_stride = key_panels * kSgemmPanel * hd;
   const int64_t value_stride = value_panels * kSgemmPanel * n;
-  std::vector<float> keys(static_cast<size_t>(c.n_heads * key_stride), 0.0f);
-  std::vector<float> values(static_cast<size_t>(c.n_heads * value_stride), 0.0f);
-  std::vector<float> queries(static_cast<size_t>(n * w));  // (head, patch, hd), scaled
+  float* keys = scratch.keys.data();
+  float* values = scratch.values.data();
+  float* queries = scratch.queries.data();  // (head, patch, hd), scaled
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   pool.run([&](int thread, int n_threads) {
+    std::vector<float> column(static_cast<size_t>(n));
     for (int64_t h = thread; h < c.n_heads; h += n_threads) {
-      float* key_panel = &keys[h * key_stride];
-      float* value_panel = &values[h * value_stride];
-      std::vector<float> column(static_cast<size_t>(n));
+      float* key_panel = keys + h * key_stride;
+      float* value_panel = values + h * value_stride;
       for (int64_t i = 0; i < n; ++i) {
         sgemm_pack_row(k + i * w + h * hd, i, hd, key_panel);
         const float* qi = q + i * w + h * hd;
-        float* qo = &queries[(h * n + i) * hd];
+        float* qo = queries + (h * n + i) * hd;
         for (int64_t d = 0; d < hd; ++d) qo[d] = qi[d] * scale;
       }
       for (int64_t d = 0; d < hd; ++d) {
@@ -415,14 +430,14 @@ void VisionModel::attention(const float* q, const float* k, const float* v, floa
       const int64_t h = task / blocks_per_head;
       const int64_t row0 = (task % blocks_per_head) * kQueryBlock;
       const int64_t rows = std::min(kQueryBlock, n - row0);
-      vec.sgemm(&keys[h * key_stride], n, hd, &queries[(h * n + row0) * hd], rows, 0, key_panels, scores.data(), n);
+      vec.sgemm(keys + h * key_stride, n, hd, queries + (h * n + row0) * hd, rows, 0, key_panels, scores.data(), n);
       for (int64_t r = 0; r < rows; ++r) {
         float* s = &scores[r * n];
         const float max_score = vec.max(s, n);
         const float sum = vec.exp_shifted(s, n, max_score);
         vec.scale(1.0f / sum, s, n);
       }
-      vec.sgemm(&values[h * value_stride], hd, n, scores.data(), rows, 0, value_panels, out + row0 * w + h * hd, w);
+      vec.sgemm(values + h * value_stride, hd, n, scores.data(), rows, 0, value_panels, out + row0 * w + h * hd, w);
     }
   });
 }

@@ -80,7 +80,15 @@ class VisionModel {
   std::vector<std::string> layout_summary() const;
 
  private:
-  void attention(const float* q, const float* k, const float* v, float* out, ThreadPool& pool) const;
+  // Buffers of one attention call, allocated once per encode() and reused by every layer.
+  struct AttentionScratch {
+    std::vector<float> keys;     // per head: K_h (n_patches, head_dim) as sgemm panels
+    std::vector<float> values;   // per head: V_h^T (head_dim, n_patches) as sgemm panels
+    std::vector<float> queries;  // per head: Q_h (n_patches, head_dim) scaled by 1 / sqrt(head_dim)
+  };
+  AttentionScratch make_attention_scratch() const;
+  void attention(const float* q, const float* k, const float* v, float* out, AttentionScratch& scratch,
+                 ThreadPool& pool) const;
 
   std::unique_ptr<GGUFFile> file_;
   VisionConfig config_;
