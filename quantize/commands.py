@@ -35,6 +35,9 @@ def add_subcommands(sub) -> None:
     for role in ("embedding", "attention", "feed-forward"):
         conv.add_argument(f"--{role}", default=None, metavar="SCHEME",
                           help=f"override the preset's scheme for {role} tensors ({scheme_names})")
+    conv.add_argument("--vision", default=None, metavar="SCHEME",
+                      help="scheme for the vision tower of a multimodal checkpoint, written to OUTPUT-mmproj.gguf "
+                           "(default: q8_0; the f32, f16 and bf16 presets keep their format)")
     conv.add_argument("--no-grid", action="store_true", help="do not re-encode weights already on the format's grid")
     conv.add_argument("--no-search", action="store_true",
                       help="take each block's absolute maximum as its range instead of searching the clipping range")
@@ -50,7 +53,7 @@ def add_subcommands(sub) -> None:
                       help="with --preset mixed: bits per weight over the attention and feed-forward tensors")
     conv.add_argument("--mixed-project-formats", action="store_true",
                       help="with --preset mixed: also use per-channel int4 (4.125 bits per weight; the runtime "
-                           "dequantizes it to float32 at load, llama.cpp cannot load it)")
+                           "runs it with its integer kernels, llama.cpp cannot load it)")
     conv.add_argument("--report", type=Path, default=None, help="write the per-tensor report as JSON to this file")
     conv.add_argument("-q", "--quiet", action="store_true", help="no progress bars, summary only")
     conv.set_defaults(func=_cmd_convert)
@@ -76,7 +79,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         grid=not args.no_grid, search=not args.no_search, calibration=not args.no_calibration,
         calibration_file=args.calibration, calibration_chunks=args.calibration_chunks,
         calibration_ctx=args.calibration_ctx, target_size=args.target_size, target_bpw=args.target_bpw,
-        mixed_project_formats=args.mixed_project_formats,
+        mixed_project_formats=args.mixed_project_formats, vision=args.vision,
         progress=not args.quiet)
     report = convert(args.input, args.output, options)
     print(report.summary(per_tensor=not args.quiet))

@@ -17,6 +17,7 @@ from .formats import FORMATS, Format, row_bytes
 from .grid import DETECTION_ORDER, detect_grid
 from .schemes import ROLES, fitting_format, role_schemes, scheme_format
 from .source import Source, SourceTensor, open_source
+from .vision import open_vision_tower, vision_scheme, write_vision_tower
 
 log = logging.getLogger("gemma3_edge.quantize")
 
@@ -43,7 +44,8 @@ class ConvertOptions:
     target_size: int | None = None    # 4. mixed precision: file size in bytes
     target_bpw: float | None = None   #    or bits per weight over the attention and feed-forward tensors
     sensitivity_tokens: int = 256     #    tokens per sensitivity measurement
-    mixed_project_formats: bool = False  # also choose per-channel int4 (run on the float32 path)
+    mixed_project_formats: bool = False  # also choose per-channel int4 (a project type)
+    vision: str | None = None         # vision tower scheme (default: q8_0, or the f32/f16/bf16 preset's)
     progress: bool = True
 
 
@@ -227,6 +229,8 @@ def convert(input_path: str | Path, output_path: str | Path, options: ConvertOpt
     source = open_source(input_path)
     output = Path(output_path)
     _check_paths(source, output)
+    vision_tower = open_vision_tower(source)  # None unless a multimodal HF checkpoint
+    vision = vision_scheme(options.preset, options.vision)
     progress = _progress(options.progress)
     schemes = role_schemes(options.preset, {"embedding": options.embedding, "attention": options.attention,
                                             "feed_forward": options.feed_forward})
@@ -301,6 +305,9 @@ def convert(input_path: str | Path, output_path: str | Path, options: ConvertOpt
 
     wrap = (lambda items: progress(items, desc="writing", unit="tensor")) if progress else None
     size = out.write(produce, wrap)
+    if vision_tower is not None:
+        notes.append(write_vision_tower(vision_tower, output, str(source.name), vision, grid=options.grid,
+                                        search=options.search, progress=progress))
     return ConvertReport(str(source.path), str(output), size, time.time() - start, reports, notes)
 
 

@@ -85,6 +85,11 @@ class GGUFOutput:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".partial", dir=self.path.parent)
         try:
+            # mkstemp creates the file with mode 0600. The output gets the mode that open() would
+            # give a new file (0666 less the umask), which os.replace keeps.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
             with os.fdopen(fd, "wb") as f:
                 f.write(self._header())
                 entries = progress(self.tensors) if progress else self.tensors

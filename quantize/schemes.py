@@ -39,7 +39,8 @@ PRESETS = {
 # with the runtime's integer kernels and in llama.cpp.
 MIXED_LEVELS = (("Q4_K", "Q4_0"), ("Q5_K", "Q5_0"), ("Q6_K",), ("Q8_0",))
 # With project formats allowed, per-channel int4 (4.125 bits per weight) adds a level below
-# 4.5 bits, so some tensors can pay for others. The runtime runs it on its float32 path.
+# 4.5 bits, so some tensors can pay for others. The runtime runs it with the integer kernels
+# (repacked like Q4_0), and llama.cpp cannot load it.
 MIXED_PROJECT_LEVELS = (("G3E_I4_ROW",),)
 
 # A format whose block does not divide a row falls back to the next entry that does.

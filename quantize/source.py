@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import re
 import struct
 from dataclasses import dataclass, field
@@ -130,27 +132,96 @@ def open_source(path: str | Path) -> Source:
 
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
 
+# Bits per element of every dtype the safetensors format defines, to check each entry's byte
+# range against its shape even for dtypes the converter does not load (vision towers, buffers).
+_SAFETENSORS_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "I16": 16,
+                     "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "I64": 64,
+                     "U64": 64, "F64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
+
+# Largest JSON header accepted. Real checkpoints have headers of a few hundred KB.
+_MAX_HEADER_BYTES = 100 * 2**20
+
+
+class SafetensorsError(ValueError):
+    """A .safetensors file whose header is damaged or contradicts its data."""
+
+
+def _is_count(value) -> bool:
+    return type(value) is int and value >= 0  # bool is an int subclass and is not a count
+
 
 class _SafetensorsFile:
-    """A memory-mapped .safetensors file (8-byte header length, JSON header, raw data)."""
+    """A memory-mapped .safetensors file (8-byte header length, JSON header, raw data).
+
+    Opening the file validates the header. Every entry needs a dtype string, a shape of
+    non-negative integers and data_offsets inside the data region whose span matches the shape.
+    So load() never reads past the file or allocates more than the tensor's bytes.
+    """
 
     def __init__(self, path: Path):
         self.path = path
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 8:
+                self._fail(f"the file has {size} bytes, fewer than the 8-byte header length; "
+                           "it is empty or truncated")
             (length,) = struct.unpack("<Q", f.read(8))
-            if length > 100 * 2**20:
-                raise ValueError(f"{path}: safetensors header of {length} bytes is implausible")
-            header = json.loads(f.read(length))
+            if length > _MAX_HEADER_BYTES:
+                self._fail(f"safetensors header of {length} bytes is implausible "
+                           f"(the limit is {_MAX_HEADER_BYTES}); the file is damaged or not safetensors")
+            if 8 + length > size:
+                self._fail(f"the header length says {length} bytes but only {size - 8} follow it; "
+                           "the file is truncated")
+            text = f.read(length)
+        try:
+            header = json.loads(text.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            self._fail(f"the header is not UTF-8 (byte {error.start}); the file is damaged or not safetensors")
+        except (json.JSONDecodeError, RecursionError) as error:
+            self._fail(f"the header is not valid JSON ({error}); the file is damaged or not safetensors")
+        if not isinstance(header, dict):
+            self._fail(f"the header is a JSON {type(header).__name__}, expected an object that maps "
+                       "tensor names to {dtype, shape, data_offsets}")
         header.pop("__metadata__", None)
-        self.entries = header
         self.data_start = 8 + length
+        data_size = size - self.data_start
+        for name, entry in header.items():
+            self._check_entry(name, entry, data_size)
+        self.entries = header
         self._map = np.memmap(path, dtype=np.uint8, mode="r")
+
+    def _fail(self, message: str):
+        raise SafetensorsError(f"{self.path}: {message}")
+
+    def _check_entry(self, name: str, entry, data_size: int) -> None:
+        where = f"tensor {name}"
+        if not isinstance(entry, dict):
+            self._fail(f"{where}: the entry is a JSON {type(entry).__name__}, expected an object "
+                       "with dtype, shape and data_offsets")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(dtype, str):
+            self._fail(f"{where}: field dtype is {dtype!r}, expected a string such as F32, F16 or BF16")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            self._fail(f"{where}: field shape is {shape!r}, expected a list of non-negative integers")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+            self._fail(f"{where}: field data_offsets is {offsets!r}, expected [begin, end] "
+                       "with non-negative integers")
+        begin, end = offsets
+        if not begin <= end <= data_size:
+            self._fail(f"{where}: data_offsets [{begin}, {end}] are not an ordered range inside the "
+                       f"{data_size} data bytes; the header is damaged or the file truncated")
+        bits = _SAFETENSORS_BITS.get(dtype)
+        if bits is not None:
+            needed = (math.prod(shape) * bits + 7) // 8
+            if end - begin != needed:
+                self._fail(f"{where}: shape {shape} of {dtype} needs {needed} bytes, but data_offsets "
+                           f"[{begin}, {end}] hold {end - begin}")
 
     def load(self, name: str) -> np.ndarray:
         entry = self.entries[name]
         dtype = entry["dtype"]
         if dtype not in _SAFETENSORS_DTYPES:
-            raise ValueError(f"{self.path}: tensor {name} has dtype {dtype}; expected F32, F16 or BF16")
+            raise SafetensorsError(f"{self.path}: tensor {name} has dtype {dtype}; expected F32, F16 or BF16")
         begin, end = entry["data_offsets"]
         raw = self._map[self.data_start + begin:self.data_start + end]
         array = raw.view(_SAFETENSORS_DTYPES[dtype]).reshape(entry["shape"])
@@ -316,7 +387,11 @@ def _open_hf(directory: Path) -> Source:
         raise UnsupportedModelError(f"{directory}: no embed_tokens tensor found; is this a Gemma 3 checkpoint?")
 
     embedding_file, embedding_name = tensors["token_embd.weight"]
-    n_rows = embedding_file.entries[embedding_name]["shape"][0]
+    embedding_shape = embedding_file.entries[embedding_name]["shape"]
+    if len(embedding_shape) != 2:
+        raise UnsupportedModelError(f"{embedding_file.path}: tensor {embedding_name} has shape {embedding_shape}, "
+                                    "expected [vocabulary, hidden size]")
+    n_rows = embedding_shape[0]
     vocab = _read_sentencepiece(directory, 0)
     notes = []
     n_vocab = len(vocab.tokens)
@@ -326,7 +401,8 @@ def _open_hf(directory: Path) -> Source:
         notes.append(f"embedding rows {n_vocab}..{n_rows - 1} (image soft-token slots without tokenizer "
                      f"pieces) are dropped, as llama.cpp's converter does")
     if skipped_vision:
-        notes.append(f"the vision tower ({skipped_vision} tensors) is not converted: the runtime runs text only")
+        notes.append(f"the vision tower ({skipped_vision} tensors) is not part of the text model file; "
+                     "convert() writes it to a separate mmproj file")
 
     d_model = int(text["hidden_size"])
     hparams = {
@@ -359,6 +435,9 @@ def _open_hf(directory: Path) -> Source:
             return data
         return load
 
+    # Every file the conversion reads, so that no output path can replace one of them.
+    tokenizer_files = [p for p in (directory / n for n in ("tokenizer.model", "tokenizer_config.json",
+                                                           "chat_template.jinja")) if p.is_file()]
     source_tensors = []
     for gguf_name, (st, name) in tensors.items():
         shape = tuple(st.entries[name]["shape"])
@@ -369,7 +448,7 @@ def _open_hf(directory: Path) -> Source:
         source_tensors.append(SourceTensor(gguf_name, shape, loader(st, name, gguf_name, rows),
                                            source_type=st.entries[name]["dtype"]))
     source = Source(directory, "hf", config.get("_name_or_path") or directory.name, hparams, vocab,
-                    _ordered(source_tensors, n_layers), notes, input_files=[config_path, *files])
+                    _ordered(source_tensors, n_layers), notes, input_files=[config_path, *files, *tokenizer_files])
     _check_tensors(source)
     return source
 

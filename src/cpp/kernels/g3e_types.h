@@ -1,6 +1,8 @@
 // The project's own tensor types (ids 1024 and up, which ggml leaves free): per-channel int8
 // and int4, and SFP8. docs/formats.md documents their layouts; the converter in quantize/
-// writes them. They have no integer kernels: the runtime dequantizes them to float32 at load.
+// writes them. ggml_type_info and dequantize_row (ggml_types.cpp) look them up here; qpack.cpp
+// repacks the int8 and int4 types without loss for the integer kernels, and SFP8 is dequantized
+// to float32 at load.
 #pragma once
 
 #include <cstdint>

@@ -2,11 +2,7 @@
 // Every formula below evaluates in the same order as ggml's dequantize_row_* (and gguf-py's
 // numpy port), so the results are bit-identical. A fused multiply-add would change the last bit
 // of the "d * q + m" forms, which is why contraction is switched off for this file.
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
+#include "fp_contract_off.h"
 
 #include "kernels/ggml_types.h"
 
@@ -15,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/g3e_types.h"
 #include "kernels/quant_blocks.h"
 
 namespace g3e {
@@ -257,6 +254,7 @@ void deq_q8_K(const BlockQ8_K* x, float* y, int64_t nb) {
 }  // namespace
 
 const GGMLTypeInfo* ggml_type_info(uint32_t type) {
+  if (const GGMLTypeInfo* info = g3e_type_info(type)) return info;
   const TypeTable& t = table();
   if (type >= sizeof(t.info) / sizeof(t.info[0]) || t.info[type].name == nullptr) return nullptr;
   return &t.info[type];
@@ -275,6 +273,7 @@ int64_t ggml_row_bytes(GGMLType type, int64_t n) {
 }
 
 void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n) {
+  if (g3e_dequantize_row(static_cast<uint32_t>(type), src, dst, n)) return;
   const GGMLTypeInfo* info = ggml_type_info(static_cast<uint32_t>(type));
   if (info == nullptr || !info->can_dequantize) {
     throw std::invalid_argument("no dequantization for ggml type id " +

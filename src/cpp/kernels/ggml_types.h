@@ -33,7 +33,8 @@ struct GGMLTypeInfo {
   bool can_dequantize; // a reference dequantization exists in this runtime
 };
 
-// Returns nullptr for a type id this runtime does not know.
+// Returns nullptr for a type id this runtime does not know. Covers the project's own types
+// (ids 1024 and up, g3e_types.h) too, as does dequantize_row.
 const GGMLTypeInfo* ggml_type_info(uint32_t type);
 
 // Bytes taken by n elements of `type`; n must be a multiple of the block size.
