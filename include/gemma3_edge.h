@@ -41,7 +41,10 @@
 extern "C" {
 #endif
 
-/* Version of this header; gemma3_edge_version() returns the library's. */
+/* Version of this header; gemma3_edge_version() returns the library's. Within one major
+ * version, changes only add functions and enum values: existing signatures and struct layouts
+ * stay as they are, so a program built against an older header of that major version runs
+ * with a newer library. New options therefore come as new functions, not new struct fields. */
 #define GEMMA3_EDGE_VERSION_MAJOR 0
 #define GEMMA3_EDGE_VERSION_MINOR 1
 #define GEMMA3_EDGE_VERSION_PATCH 0
@@ -126,6 +129,17 @@ GEMMA3_EDGE_API gemma3_edge_model_params gemma3_edge_model_params_default(void);
 GEMMA3_EDGE_API gemma3_edge_status gemma3_edge_model_load(const char* path, const gemma3_edge_model_params* params,
                                                           gemma3_edge_model** out_model);
 
+/* Loads a Gemma 3 GGUF file with its vision projector: mmproj_path names a llama.cpp mmproj
+ * GGUF file for this model (clip.projector_type "gemma3"), so sessions can take images
+ * (gemma3_edge_session_add_image()). mmproj_path NULL loads the text model only, as
+ * gemma3_edge_model_load(). params and results as gemma3_edge_model_load(); the precision
+ * applies to both files.
+ * Errors: INVALID_ARGUMENT, MODEL_LOAD (also when the projector's output width differs from
+ * the text model's d_model), OUT_OF_MEMORY. */
+GEMMA3_EDGE_API gemma3_edge_status gemma3_edge_model_load_with_mmproj(const char* path, const char* mmproj_path,
+                                                                      const gemma3_edge_model_params* params,
+                                                                      gemma3_edge_model** out_model);
+
 /* Frees a model. NULL is ignored. Every session of the model must be freed first. */
 GEMMA3_EDGE_API void gemma3_edge_model_free(gemma3_edge_model* model);
 
@@ -137,9 +151,8 @@ GEMMA3_EDGE_API int32_t gemma3_edge_model_bos_token(const gemma3_edge_model* mod
 GEMMA3_EDGE_API int32_t gemma3_edge_model_eos_token(const gemma3_edge_model* model);
 /* Returns the id of <end_of_turn>, or -1 when the vocabulary has none (or model is NULL). */
 GEMMA3_EDGE_API int32_t gemma3_edge_model_end_of_turn_token(const gemma3_edge_model* model);
-/* Returns 1 when the model can take images, else 0.
- * NOTE: the C API loads the text model only (no vision projector file yet), so this returns 0
- * for now. */
+/* Returns 1 when the model was loaded with a vision projector and can take images, else 0
+ * (also for NULL). */
 GEMMA3_EDGE_API int gemma3_edge_model_has_vision(const gemma3_edge_model* model);
 
 /* ---- Tokenizer ------------------------------------------------------------------------ */
@@ -208,12 +221,17 @@ GEMMA3_EDGE_API int32_t gemma3_edge_session_n_past(const gemma3_edge_session* se
 GEMMA3_EDGE_API int64_t gemma3_edge_session_kv_bytes(const gemma3_edge_session* session);
 
 /* Adds an image to the next prompt: rgb contains height rows of width pixels, 3 bytes (R, G, B)
- * per pixel, rows stride_bytes apart (>= 3 * width). Images go to the <start_of_image>
- * tokens of the prompt in the order they were added.
- * NOTE: the C API loads the text model only (no vision projector file yet), so after checking
- * the arguments this returns NO_VISION_TOWER.
+ * per pixel, rows stride_bytes apart (>= 3 * width). The pixels are copied, resized to the
+ * vision tower's input size with Pillow's bilinear filter and encoded during this call, so rgb
+ * may be freed when it returns.
+ * The next gemma3_edge_generate() uses the added images and drops them (also when it fails),
+ * and gemma3_edge_session_reset() drops them too. Each "<start_of_image>" in the prompt text marks where
+ * the next image goes; a prompt without markers gets all images at its start. Each image
+ * becomes "\n\n<start_of_image>", its soft tokens (256 for Gemma 3) and "<end_of_image>\n\n",
+ * as transformers' Gemma 3 processor lays it out (without Pan & Scan crops). The session's
+ * n_batch must be at least the image token count (gemma3_edge_session_create() checks it).
  * Errors: INVALID_ARGUMENT (NULL session or rgb, width or height < 1, stride too small),
- * NO_VISION_TOWER. */
+ * NO_VISION_TOWER (the model was loaded without an mmproj file), OUT_OF_MEMORY. */
 GEMMA3_EDGE_API gemma3_edge_status gemma3_edge_session_add_image(gemma3_edge_session* session, const uint8_t* rgb,
                                                                  int32_t width, int32_t height,
                                                                  int32_t stride_bytes);
@@ -275,7 +293,9 @@ typedef struct gemma3_edge_generate_result {
 } gemma3_edge_generate_result;
 
 /* Generates a continuation of a NUL-terminated UTF-8 prompt, tokenized with params->add_bos
- * and params->parse_special. Stops at EOS or <end_of_turn> (neither is passed to the
+ * and params->parse_special, with the images added since the last call (see
+ * gemma3_edge_session_add_image(); a marker count that differs from the image count is
+ * INVALID_ARGUMENT). Stops at EOS or <end_of_turn> (neither is passed to the
  * callback), before the first stop string, after max_tokens tokens, when the context is
  * full, or when the callback returns non-zero. The Gemma 3 chat format is not applied:
  * write "<start_of_turn>user\n...<end_of_turn>\n<start_of_turn>model\n" and set
@@ -290,7 +310,8 @@ GEMMA3_EDGE_API gemma3_edge_status gemma3_edge_generate(gemma3_edge_session* ses
 
 /* Like gemma3_edge_generate() for a prompt given as n_tokens token ids, used as they are
  * (add_bos and parse_special are ignored). Errors as gemma3_edge_generate(), plus
- * INVALID_ARGUMENT for an id outside the vocabulary. */
+ * INVALID_ARGUMENT for an id outside the vocabulary, and for added images, which only a text
+ * prompt can place (they are dropped). */
 GEMMA3_EDGE_API gemma3_edge_status gemma3_edge_generate_tokens(gemma3_edge_session* session, const int32_t* tokens,
                                                                size_t n_tokens,
                                                                const gemma3_edge_generate_params* params,

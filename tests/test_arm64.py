@@ -70,6 +70,35 @@ def test_unit_tests_pass_under_qemu(arm64_run, program):
     assert summary.group(2) == "0"
 
 
+def kernels_section(run_output: str, cpu: str, build_folder: str) -> str:
+    """Output of test_kernels from BUILD_DIR/build_folder run with qemu-aarch64 -cpu cpu."""
+    for section in run_output.split("\n== ")[1:]:
+        header, _, body = section.partition("\n")
+        if header.startswith(f"qemu-aarch64 -cpu {cpu} ") and header.endswith(f"/{build_folder}/test_kernels"):
+            return body
+    raise AssertionError(f"no test_kernels output for -cpu {cpu} in {build_folder}:\n{run_output[-2000:]}")
+
+
+def assert_kernels_passed(section: str, isas: str) -> None:
+    summary = re.search(r"^(\d+) passed, (\d+) failed", section, flags=re.M)
+    assert summary, section[-2000:]
+    assert int(summary.group(1)) > 0
+    assert summary.group(2) == "0"
+    assert re.search(rf"^ISAs tested: {isas} *$", section, flags=re.M), section[-2000:]
+
+
+def test_cpu_without_dotprod_runs_scalar_kernels(arm64_run):
+    # Cortex-A53 (Armv8.0) has no SDOT: the dispatcher must not pick the NEON kernels, and
+    # nothing compiled with qgemm_neon.cpp's dotprod flag may run there (it would be SIGILL).
+    assert_kernels_passed(kernels_section(arm64_run, "cortex-a53", "lib"), "scalar")
+
+
+@pytest.mark.skipif(shutil.which("clang++") is None, reason="needs clang++ for the clang build")
+@pytest.mark.parametrize("cpu,isas", [("max", "scalar neon"), ("cortex-a53", "scalar")])
+def test_clang_build_kernels_pass(arm64_run, cpu, isas):
+    assert_kernels_passed(kernels_section(arm64_run, cpu, "clang-lib"), isas)
+
+
 def test_neon_kernels_were_tested(arm64_run):
     assert re.search(r"^ISAs tested: scalar neon", arm64_run, flags=re.M)
     assert re.search(r"^vector kernel sets tested against scalar: neon", arm64_run, flags=re.M)

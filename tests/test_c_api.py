@@ -189,3 +189,239 @@ def test_write_eos_model_logits(tmp_path):
     logits = model.next_logits(model.tokenize("ab ab"))
     assert int(np.argmax(logits)) in model.stop_token_ids
 
+
+
+# Images through the C API, on the tiny random vision model of scripts/make_tiny_vision_model.py
+# (input size 128 x 128, 256 soft tokens per image).
+
+def _load_tiny_vision_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_tiny_vision_model",
+                                                  REPO / "scripts" / "make_tiny_vision_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+IMAGE_PROMPT = "Look<start_of_image>and describe it"
+IMAGE_TOKENS = 12
+# The tiny random model's greedy choice is the same token whatever the image. The comparison
+# therefore samples at a high temperature with a fixed seed, where both APIs run the same
+# sampler on logits that must be equal. At this temperature the tokens change with the image,
+# even for a one-pixel shift (test_sampled_image_tokens_depend_on_image).
+IMAGE_TEMPERATURE = 20.0
+IMAGE_SEED = 7
+
+
+@pytest.fixture(scope="module")
+def tiny_vision():
+    return _load_tiny_vision_script()
+
+
+@pytest.fixture(scope="module")
+def tiny_vision_files(tiny_vision, tmp_path_factory) -> tuple[Path, Path]:
+    return tiny_vision.write_model(tmp_path_factory.mktemp("tiny-vision"))
+
+
+@pytest.fixture(scope="module")
+def tiny_vision_model(tiny_vision_files):
+    text, mmproj = tiny_vision_files
+    return gemma3_edge.Model(text, mmproj=mmproj, n_ctx=1024, n_threads=2)
+
+
+def vision_images(tiny_vision) -> dict:
+    """RGB images for the tiny model's 128 x 128 input: one resized down in both axes, one
+    that already has the input size, one resized in height only, and the first shifted by
+    one pixel."""
+    square = tiny_vision.sample_images()["square"].convert("RGB")
+    return {
+        "resized": square,
+        "exact": square.crop((0, 0, 128, 128)),
+        "height_only": tiny_vision.sample_images()["tall"].convert("RGB").crop((0, 0, 128, 300)),
+        "shifted": square.crop((1, 0, 200, 180)),
+    }
+
+
+def python_image_tokens(model, image) -> list[int]:
+    model.generate(IMAGE_PROMPT, images=[image], max_tokens=IMAGE_TOKENS, temperature=IMAGE_TEMPERATURE,
+                   seed=IMAGE_SEED)
+    return model.last_stats.token_ids
+
+
+@pytest.mark.parametrize("name", ["resized", "exact", "height_only"])
+def test_example_image_tokens_match_python(installed, tiny_vision, tiny_vision_files, tiny_vision_model, tmp_path,
+                                           name):
+    text, mmproj = tiny_vision_files
+    image = vision_images(tiny_vision)[name]
+    ppm = tmp_path / "image.ppm"
+    image.save(ppm, format="PPM")
+    _, fields = example_output(installed, "-m", text, "--mmproj", mmproj, "--image", ppm, "-n", str(IMAGE_TOKENS),
+                               "-c", "1024", "-t", "2", "--temp", str(IMAGE_TEMPERATURE), "--seed", str(IMAGE_SEED),
+                               "--tokens", "--stats", IMAGE_PROMPT)
+    expected = python_image_tokens(tiny_vision_model, image)
+    prompt = tiny_vision_model.image_prompt(IMAGE_PROMPT, [image])
+    assert int(fields["prompt_tokens"]) == len(prompt.ids)
+    assert [int(t) for t in fields["tokens"].split()] == expected
+
+
+def test_sampled_image_tokens_depend_on_image(tiny_vision, tiny_vision_model):
+    # Guards the comparison above: equal tokens mean equal pixels, not a model that ignores them.
+    images = vision_images(tiny_vision)
+    reference = python_image_tokens(tiny_vision_model, images["resized"])
+    for name in ("exact", "height_only", "shifted"):
+        assert python_image_tokens(tiny_vision_model, images[name]) != reference, name
+
+
+RESIZE_PROBE = r"""
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+#include "image_preprocess.h"
+// Reads width, height and size from argv, width * height * 3 bytes from stdin, and writes the
+// resized size * size * 3 bytes to stdout.
+int main(int argc, char** argv) {
+  if (argc != 4) return 2;
+  const long width = std::atol(argv[1]), height = std::atol(argv[2]), size = std::atol(argv[3]);
+  std::vector<unsigned char> rgb(width * height * 3);
+  if (std::fread(rgb.data(), 1, rgb.size(), stdin) != rgb.size()) return 3;
+  const std::vector<unsigned char> out = g3e::resize_bilinear_rgb(rgb.data(), width, height, 3 * width, size);
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def resize_probe(installed) -> Path:
+    """The C++ resize, linked from the installed static library (which contains the internal
+    functions; only the shared library hides them)."""
+    source = installed.root / "resize_probe.cpp"
+    source.write_text(RESIZE_PROBE)
+    binary = installed.root / "resize_probe"
+    run_checked(["c++", "-std=c++17", "-O1", source, f"-I{REPO / 'src' / 'cpp'}", installed.prefix / "lib" / "libgemma3_edge.a",
+                 "-pthread", "-o", binary])
+    return binary
+
+
+@pytest.mark.parametrize("width,height,size", [(200, 180, 128), (900, 300, 128), (37, 53, 128), (128, 300, 128),
+                                               (300, 128, 128), (128, 128, 128), (5, 3, 7), (1, 1, 4), (640, 480, 896)])
+def test_resize_matches_pillow(resize_probe, tiny_vision, width, height, size):
+    from PIL import Image
+
+    image = tiny_vision.sample_images()["wide"].convert("RGB").resize((width, height), Image.NEAREST)
+    result = subprocess.run([str(resize_probe), str(width), str(height), str(size)], input=image.tobytes(),
+                            capture_output=True)
+    assert result.returncode == 0, result.stderr
+    expected = np.asarray(image.resize((size, size), resample=Image.BILINEAR, reducing_gap=None))
+    ours = np.frombuffer(result.stdout, np.uint8).reshape(size, size, 3)
+    assert np.array_equal(ours, expected), f"{int((ours != expected).sum())} of {ours.size} bytes differ"
+
+
+IMAGE_REUSE_PROGRAM = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "gemma3_edge.h"
+/* Prints "NAME tokens: ..." and "NAME cached=N" for image A (one token) then image B (12
+ * tokens) on one session, so B may reuse A's cache, and for image B on a fresh session.
+ * argv: model, mmproj, then width, height and the path of raw RGB bytes for A and for B. */
+static int on_token(int32_t token, const char* text, size_t len, void* user_data) {
+  (void)text; (void)len; (void)user_data;
+  if (token >= 0) printf(" %d", (int)token);
+  return 0;
+}
+static int run(gemma3_edge_session* s, const char* name, const char* path, int w, int h, int max_tokens) {
+  unsigned char* rgb = malloc((size_t)w * h * 3);
+  FILE* f = fopen(path, "rb");
+  if (f == NULL || rgb == NULL || fread(rgb, 1, (size_t)w * h * 3, f) != (size_t)w * h * 3) return 1;
+  fclose(f);
+  if (gemma3_edge_session_add_image(s, rgb, w, h, 3 * w) != GEMMA3_EDGE_OK) return 1;
+  free(rgb);
+  gemma3_edge_generate_params p = gemma3_edge_generate_params_default();
+  p.max_tokens = max_tokens;
+  p.sampling.temperature = 20.0f;
+  p.sampling.seed = 7;
+  gemma3_edge_generate_result r;
+  printf("%s tokens:", name);
+  if (gemma3_edge_generate(s, "Look<start_of_image>and describe it", &p, on_token, NULL, &r) != GEMMA3_EDGE_OK) {
+    printf("\nerror: %s\n", gemma3_edge_last_error());
+    return 1;
+  }
+  printf("\n%s cached=%d\n", name, (int)r.cached_prompt_tokens);
+  return 0;
+}
+int main(int argc, char** argv) {
+  if (argc != 9) return 2;
+  gemma3_edge_model* m = NULL;
+  if (gemma3_edge_model_load_with_mmproj(argv[1], argv[2], NULL, &m) != GEMMA3_EDGE_OK) return 1;
+  gemma3_edge_session_params sp = gemma3_edge_session_params_default();
+  sp.n_ctx = 1024;
+  sp.n_threads = 2;
+  gemma3_edge_session *s1 = NULL, *s2 = NULL;
+  if (gemma3_edge_session_create(m, &sp, &s1) != GEMMA3_EDGE_OK) return 1;
+  if (gemma3_edge_session_create(m, &sp, &s2) != GEMMA3_EDGE_OK) return 1;
+  int status = run(s1, "first", argv[5], atoi(argv[3]), atoi(argv[4]), 1) ||
+               run(s1, "second", argv[8], atoi(argv[6]), atoi(argv[7]), 12) ||
+               run(s2, "fresh", argv[8], atoi(argv[6]), atoi(argv[7]), 12);
+  gemma3_edge_session_free(s1);
+  gemma3_edge_session_free(s2);
+  gemma3_edge_model_free(m);
+  return status;
+}
+"""
+
+
+def test_image_prompt_cache_reuse(installed, tiny_vision, tiny_vision_files, tiny_vision_model, tmp_path):
+    # The same text with another image may reuse at most the tokens before the image. After a
+    # one-token first call the cache could be truncated to all but the last prompt token, so a
+    # cache that matched image tokens by id would reuse image A's keys for image B. The tiny
+    # model's 64-token sliding window no longer holds the tokens before the image, so here the
+    # only valid reuse is zero tokens.
+    source = tmp_path / "reuse.c"
+    source.write_text(IMAGE_REUSE_PROGRAM)
+    binary = tmp_path / "reuse"
+    lib = installed.prefix / "lib"
+    run_checked(["cc", "-std=c99", "-O1", source, f"-I{installed.prefix / 'include'}", f"-L{lib}", "-lgemma3_edge",
+                 f"-Wl,-rpath,{lib}", "-o", binary])
+    images = vision_images(tiny_vision)
+    args = []
+    for name in ("resized", "exact"):
+        raw = tmp_path / f"{name}.rgb"
+        raw.write_bytes(images[name].tobytes())
+        args += [images[name].width, images[name].height, raw]
+    text, mmproj = tiny_vision_files
+    output = run_checked([binary, text, mmproj, *args]).stdout
+    tokens = dict(re.findall(r"^(\w+) tokens:(.*)$", output, flags=re.M))
+    cached = {name: int(n) for name, n in re.findall(r"^(\w+) cached=(\d+)$", output, flags=re.M)}
+    first_image_token = tiny_vision_model.image_prompt(IMAGE_PROMPT, [images["exact"]]).spans[0][0]
+    assert tokens["second"].split() == tokens["fresh"].split()
+    assert cached["first"] == 0
+    assert cached["second"] <= first_image_token
+    assert cached["fresh"] == 0
+
+
+def test_example_image_errors(installed, tiny_vision, tiny_vision_files, tmp_path):
+    text, mmproj = tiny_vision_files
+    ppm = tmp_path / "image.ppm"
+    vision_images(tiny_vision)["exact"].save(ppm, format="PPM")
+
+    result = run([installed.example, "-m", text, "--image", ppm, "-n", "1", "hello"])
+    assert result.returncode == 1
+    assert "model has no vision tower" in result.stderr
+    assert "gemma3_edge_model_load_with_mmproj" in result.stderr
+
+    result = run([installed.example, "-m", text, "--mmproj", mmproj, "--image", ppm, "-n", "1",
+                  "<start_of_image>one<start_of_image>two"])
+    assert result.returncode == 1
+    assert "2 <start_of_image> markers but 1 images" in result.stderr
+
+    result = run([installed.example, "-m", text, "--mmproj", text, "-n", "1", "hello"])
+    assert result.returncode == 1
+    assert "model load failed" in result.stderr
+    assert str(text) in result.stderr
+
+    not_ppm = tmp_path / "image.png"
+    vision_images(tiny_vision)["exact"].save(not_ppm, format="PNG")
+    result = run([installed.example, "-m", text, "--mmproj", mmproj, "--image", not_ppm, "-n", "1", "hello"])
+    assert result.returncode == 1
+    assert "is not a binary PPM" in result.stderr

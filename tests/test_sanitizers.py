@@ -21,17 +21,8 @@ from conftest import REPO_ROOT
 FUZZ_SECONDS = int(os.environ.get("G3E_FUZZ_SECONDS", "60"))
 TIMEOUT = 40 * 60  # a cold instrumented build took 8 minutes on 2 cores shared with other jobs
 
-KNOWN_BUGS = {
-    "test_c_api": "c_api.cpp gemma3_edge_status_string() reads its gemma3_edge_status argument, which C callers "
-                  "may pass any int (the test passes 99), as the enum: UBSan reports 'load of value 99, which is "
-                  "not a valid value for type gemma3_edge_status'. Fix: copy it to an int first "
-                  "(int code; std::memcpy(&code, &status, sizeof code)) and switch on the int",
-}
-FUZZ_REGRESSION_BUG = (
-    "kernels quantize_acts_*(): a block with NaN or infinite activations (from finite but huge weights, "
-    "tests/fuzz/regressions/fuzz_gguf/huge_norm_weights_nonfinite_activations.gguf) converts to INT_MIN, "
-    "and qgemm_avx512.cpp:119 overflows int32 in -zp * bsum. Fix: when a block is not finite, store "
-    "q = 0, bsum = 0 and the scale NaN, so the product is NaN without integer overflow")
+# Program name -> why it still fails; such a program runs as a strict xfail.
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def missing_toolchain() -> str | None:
@@ -77,7 +68,6 @@ def test_program_under_sanitizers(sanitized_build, program):
         assert re.search(r"generate_driver: (all checks passed|no model path given)", output), output[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason=FUZZ_REGRESSION_BUG)
 def test_fuzz_regression_inputs(sanitized_build):
     result = run("bash", "scripts/run_fuzzers.sh", "replay")
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]

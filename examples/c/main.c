@@ -5,6 +5,10 @@
  *
  * Text goes to stdout as it is generated. --tokens prints the generated token ids and
  * --stats the counts, the KV cache size and the peak resident memory (getrusage) to stderr.
+ * With a vision projector, images (binary PPM files) go to the prompt's <start_of_image>
+ * markers, or to its start:
+ *
+ *   gemma3_edge_generate -m model.gguf --mmproj mmproj.gguf --image cat.ppm "Describe this image."
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -17,6 +21,7 @@
 #include "gemma3_edge.h"
 
 #define MAX_TOKENS_PRINTED 4096
+#define MAX_IMAGES 16
 
 typedef struct stream_state {
   int32_t tokens[MAX_TOKENS_PRINTED];
@@ -27,6 +32,8 @@ static void usage(FILE* out) {
   fprintf(out,
           "usage: gemma3_edge_generate -m MODEL [options] PROMPT\n"
           "  -m PATH        Gemma 3 GGUF file (default: $GEMMA3_EDGE_MODEL)\n"
+          "  --mmproj PATH  vision projector GGUF file (llama.cpp mmproj) for --image\n"
+          "  --image PATH   binary PPM (P6, maxval 255) image for the prompt; repeat for more\n"
           "  -n N           maximum tokens to generate (default 64; 0: until a stop)\n"
           "  -c N           context size in tokens, prompt included (default 2048)\n"
           "  -t N           threads (default 0: one per CPU)\n"
@@ -78,9 +85,44 @@ static void on_log(gemma3_edge_log_level level, const char* message, void* user_
   fprintf(stderr, "[gemma3-edge %d] %s\n", (int)level, message);
 }
 
+/* Reads a binary PPM (P6) file with maxval 255 into a malloc'ed RGB buffer. Returns NULL with
+ * a message on stderr when the file cannot be read or is not such a PPM. */
+static uint8_t* read_ppm(const char* path, int32_t* width, int32_t* height) {
+  FILE* file = fopen(path, "rb");
+  if (file == NULL) {
+    fprintf(stderr, "error: cannot open image %s: %s\n", path, strerror(errno));
+    return NULL;
+  }
+  char magic[3] = {0};
+  int w = 0, h = 0, maxval = 0;
+  /* The header is "P6", width, height and maxval separated by whitespace, then one whitespace
+   * byte before the pixels. Comment lines are not supported. */
+  if (fscanf(file, "%2s %d %d %d", magic, &w, &h, &maxval) != 4 || strcmp(magic, "P6") != 0 || maxval != 255 ||
+      w < 1 || h < 1 || w > 65535 || h > 65535 || fgetc(file) == EOF) {
+    fprintf(stderr, "error: %s is not a binary PPM (P6) file with maxval 255 and no comments\n", path);
+    fclose(file);
+    return NULL;
+  }
+  const size_t n_bytes = (size_t)w * (size_t)h * 3;
+  uint8_t* rgb = malloc(n_bytes);
+  if (rgb == NULL || fread(rgb, 1, n_bytes, file) != n_bytes) {
+    fprintf(stderr, "error: %s: %s\n", path, rgb == NULL ? "out of memory" : "the file ends inside the pixels");
+    free(rgb);
+    fclose(file);
+    return NULL;
+  }
+  fclose(file);
+  *width = (int32_t)w;
+  *height = (int32_t)h;
+  return rgb;
+}
+
 int main(int argc, char** argv) {
   const char* model_path = getenv("GEMMA3_EDGE_MODEL");
   const char* prompt = NULL;
+  const char* mmproj_path = NULL;
+  const char* image_paths[MAX_IMAGES];
+  int n_images = 0;
   long max_tokens = 64, n_ctx = 2048, n_threads = 0, seed = 0;
   double temperature = 0.0;
   gemma3_edge_kv_type kv_type = GEMMA3_EDGE_KV_F32;
@@ -94,6 +136,14 @@ int main(int argc, char** argv) {
       return 0;
     } else if (strcmp(arg, "-m") == 0 && has_value) {
       model_path = argv[++i];
+    } else if (strcmp(arg, "--mmproj") == 0 && has_value) {
+      mmproj_path = argv[++i];
+    } else if (strcmp(arg, "--image") == 0 && has_value) {
+      if (n_images == MAX_IMAGES) {
+        fprintf(stderr, "error: at most %d --image options are supported\n", MAX_IMAGES);
+        return 2;
+      }
+      image_paths[n_images++] = argv[++i];
     } else if (strcmp(arg, "-n") == 0 && has_value) {
       max_tokens = parse_long("-n", argv[++i], 0, 1000000);
     } else if (strcmp(arg, "-c") == 0 && has_value) {
@@ -146,7 +196,7 @@ int main(int argc, char** argv) {
   gemma3_edge_set_log_callback(on_log, NULL);
 
   gemma3_edge_model* model = NULL;
-  gemma3_edge_status status = gemma3_edge_model_load(model_path, NULL, &model);
+  gemma3_edge_status status = gemma3_edge_model_load_with_mmproj(model_path, mmproj_path, NULL, &model);
   if (status != GEMMA3_EDGE_OK) {
     fprintf(stderr, "error: %s: %s\n", gemma3_edge_status_string(status), gemma3_edge_last_error());
     return 1;
@@ -162,6 +212,24 @@ int main(int argc, char** argv) {
     fprintf(stderr, "error: %s: %s\n", gemma3_edge_status_string(status), gemma3_edge_last_error());
     gemma3_edge_model_free(model);
     return 1;
+  }
+
+  for (int i = 0; i < n_images; ++i) {
+    int32_t width = 0, height = 0;
+    uint8_t* rgb = read_ppm(image_paths[i], &width, &height);
+    if (rgb == NULL) {
+      gemma3_edge_session_free(session);
+      gemma3_edge_model_free(model);
+      return 1;
+    }
+    status = gemma3_edge_session_add_image(session, rgb, width, height, 3 * width);
+    free(rgb);
+    if (status != GEMMA3_EDGE_OK) {
+      fprintf(stderr, "error: %s: %s\n", gemma3_edge_status_string(status), gemma3_edge_last_error());
+      gemma3_edge_session_free(session);
+      gemma3_edge_model_free(model);
+      return 1;
+    }
   }
 
   gemma3_edge_generate_params params = gemma3_edge_generate_params_default();

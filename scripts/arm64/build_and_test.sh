@@ -2,8 +2,10 @@
 # Cross-compiles the C++ core, the C++ unit tests and the C example for 64-bit Arm Linux with
 # Debian's g++-aarch64-linux-gnu, and runs them under qemu-user (qemu-aarch64):
 #   1. test_vec_ops, test_tokenizer and test_kernels (every ISA the emulated CPU has, NEON
-#      with dotprod included, against the scalar reference);
-#   2. test_c_api on the model;
+#      with dotprod included, against the scalar reference), and test_kernels again on an
+#      emulated Cortex-A53, which has no dotprod, so only the scalar kernels may run there;
+#   2. test_c_api on the model; when clang++ is installed, test_kernels built with clang
+#      (toolchain-aarch64-linux-gnu-clang.cmake) on both emulated CPUs;
 #   3. a greedy generation with the C example, once with GEMMA3_EDGE_ISA=scalar and once with
 #      the default (NEON) kernels, printed as "arm64 greedy tokens isa=NAME: ID ID ...".
 # When the gemma3_edge Python package is importable, step 3 is compared with the x86-64
@@ -72,7 +74,28 @@ kernels_log="$build/test_kernels.log"
 run "$build/lib/test_kernels" | tee "$kernels_log" | tail -n 3
 grep -q "^ISAs tested: scalar neon" "$kernels_log" ||
   { echo "error: test_kernels did not test the NEON kernels (see $kernels_log)" >&2; exit 1; }
+# On a CPU without dotprod the dispatcher (HWCAP_ASIMDDP) must pick the scalar kernels, and
+# no SDOT from qgemm_neon.cpp's dotprod flags may reach code that runs there.
+check_kernels() {
+  local binary=$1 cpu=$2 expected=$3 log="$build/test_kernels_$2_$(basename "$(dirname "$1")").log"
+  run -cpu "$cpu" "$binary" | tee "$log" | tail -n 3
+  grep -q "^ISAs tested: $expected *\$" "$log" ||
+    { echo "error: test_kernels on $cpu did not test exactly: $expected (see $log)" >&2; exit 1; }
+}
+check_kernels "$build/lib/test_kernels" cortex-a53 "scalar"
 run "$build/lib/test_c_api" "$model"
+
+if command -v clang++ >/dev/null; then
+  echo "== configure and build test_kernels with clang in $build/clang-lib"
+  cmake -S "$repo" -B "$build/clang-lib" -DCMAKE_TOOLCHAIN_FILE="$repo/scripts/arm64/toolchain-aarch64-linux-gnu-clang.cmake" \
+    -DGEMMA3_EDGE_PYTHON=OFF -DCMAKE_BUILD_TYPE=Release >"$build/clang-configure.log" 2>&1 ||
+    { cat "$build/clang-configure.log"; exit 1; }
+  cmake --build "$build/clang-lib" -j "$jobs" --target test_kernels
+  check_kernels "$build/clang-lib/test_kernels" max "scalar neon"
+  check_kernels "$build/clang-lib/test_kernels" cortex-a53 "scalar"
+else
+  echo "clang++ not found: the clang build was skipped"
+fi
 
 # "scalar" forces the scalar kernels; "default" lets each CPU pick its fastest ISA.
 isa_env() {

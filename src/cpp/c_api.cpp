@@ -19,15 +19,22 @@
 
 #include "errors.h"
 #include "generate.h"
+#include "image_preprocess.h"
 #include "log.h"
 #include "model.h"
+#include "vision.h"
 
 struct gemma3_edge_model {
   std::unique_ptr<g3e::Model> model;
+  std::unique_ptr<g3e::VisionModel> vision;  // null for a text-only load
 };
 
 struct gemma3_edge_session {
   std::unique_ptr<g3e::Generator> generator;
+  const gemma3_edge_model* model = nullptr;
+  // Soft tokens (n_tokens, d_model) of the images added for the next prompt, in order.
+  std::vector<std::vector<float>> images;
+  std::unique_ptr<g3e::ThreadPool> vision_pool;  // created by the first add_image
 };
 
 namespace {
@@ -127,14 +134,100 @@ g3e::GenerateOptions generate_options(const gemma3_edge_generate_params& p) {
   return options;
 }
 
+// Token ids of a text prompt with images, and the soft tokens that replace its image tokens.
+struct ImagePrompt {
+  std::vector<int32_t> ids;
+  std::vector<float> embeddings;  // (ids.size(), d_model), zero outside the images
+  std::vector<uint8_t> replace;   // 1 at every image soft token
+  std::vector<std::pair<int64_t, int64_t>> spans;  // [begin, end) of each image's soft tokens
+
+  // Points into this object, so it must outlive the returned inputs.
+  g3e::EvalInputs eval_inputs() const {
+    g3e::EvalInputs inputs;
+    inputs.embeddings = embeddings.data();
+    inputs.replace = replace.data();
+    inputs.bidirectional_spans = spans;
+    return inputs;
+  }
+};
+
+int32_t control_token_id(const g3e::Model& model, const char* piece) {
+  const std::vector<int32_t> ids = model.tokenizer().encode(piece, false, true);
+  return ids.size() == 1 ? ids[0] : -1;
+}
+
+// Lays out a prompt as the Python package's vision.split_prompt and build_prompt do, which is
+// Gemma 3's processor layout without Pan & Scan. Each "<start_of_image>" marker of the text, or
+// the start of a text without markers, becomes "\n\n<start_of_image>", the image's soft
+// tokens and "<end_of_image>\n\n". Text between images is tokenized with those newlines.
+ImagePrompt build_image_prompt(const g3e::Model& model, const std::string& text,
+                               const std::vector<std::vector<float>>& images, bool add_bos, bool parse_special) {
+  static const std::string kMarker = "<start_of_image>";
+  std::vector<std::string> pieces;
+  size_t start = 0;
+  for (size_t at; (at = text.find(kMarker, start)) != std::string::npos; start = at + kMarker.size()) {
+    pieces.push_back(text.substr(start, at - start));
+  }
+  pieces.push_back(text.substr(start));
+  const size_t markers = pieces.size() - 1;
+  if (markers == 0) {
+    pieces.assign(images.size(), std::string());
+    pieces.push_back(text);
+  } else if (markers != images.size()) {
+    throw g3e::InvalidArgument("the prompt has " + std::to_string(markers) + " <start_of_image> markers but " +
+                               std::to_string(images.size()) +
+                               " images were added; put one marker where each image goes, or none to put all "
+                               "images at the start");
+  }
+  const int32_t start_id = control_token_id(model, "<start_of_image>");
+  const int32_t end_id = control_token_id(model, "<end_of_image>");
+  int32_t placeholder = control_token_id(model, "<image_soft_token>");
+  if (placeholder < 0) placeholder = start_id;
+  if (start_id < 0 || end_id < 0) {
+    throw g3e::InvalidArgument("the model's vocabulary has no <start_of_image> or <end_of_image> token, so it "
+                               "cannot take images");
+  }
+
+  const int64_t d_model = model.config().d_model;
+  ImagePrompt prompt;
+  if (add_bos) prompt.ids.push_back(model.config().bos_id);
+  std::vector<std::pair<int64_t, int64_t>>& spans = prompt.spans;
+  auto add_text = [&](const std::string& piece) {
+    if (piece.empty()) return;
+    const std::vector<int32_t> ids = model.tokenizer().encode(piece, false, parse_special);
+    prompt.ids.insert(prompt.ids.end(), ids.begin(), ids.end());
+  };
+  std::string pending = pieces[0];
+  for (size_t i = 0; i < images.size(); ++i) {
+    add_text(pending + "\n\n");
+    prompt.ids.push_back(start_id);
+    const int64_t n_tokens = static_cast<int64_t>(images[i].size()) / d_model;
+    spans.emplace_back(static_cast<int64_t>(prompt.ids.size()), static_cast<int64_t>(prompt.ids.size()) + n_tokens);
+    prompt.ids.insert(prompt.ids.end(), static_cast<size_t>(n_tokens), placeholder);
+    prompt.ids.push_back(end_id);
+    pending = "\n\n" + pieces[i + 1];
+  }
+  add_text(pending);
+
+  prompt.embeddings.assign(prompt.ids.size() * static_cast<size_t>(d_model), 0.0f);
+  prompt.replace.assign(prompt.ids.size(), 0);
+  for (size_t i = 0; i < images.size(); ++i) {
+    const auto [begin, end] = spans[i];
+    std::copy(images[i].begin(), images[i].end(), prompt.embeddings.begin() + begin * d_model);
+    std::fill(prompt.replace.begin() + begin, prompt.replace.begin() + end, 1);
+  }
+  return prompt;
+}
+
 gemma3_edge_status run_generation(gemma3_edge_session* session, const std::vector<int32_t>& prompt,
                                   const g3e::GenerateOptions& options, gemma3_edge_token_callback callback,
-                                  void* user_data, gemma3_edge_generate_result* result) {
+                                  void* user_data, gemma3_edge_generate_result* result,
+                                  const g3e::EvalInputs* inputs = nullptr) {
   const g3e::TokenCallback on_token = [&](int32_t token, const std::string& text) {
     if (callback == nullptr) return true;
     return callback(token, text.c_str(), text.size(), user_data) == 0;
   };
-  const g3e::GenerateResult r = session->generator->generate(prompt, options, on_token);
+  const g3e::GenerateResult r = session->generator->generate(prompt, options, on_token, inputs);
   if (result != nullptr) {
     result->prompt_tokens = static_cast<int32_t>(r.prompt_tokens);
     result->cached_prompt_tokens = static_cast<int32_t>(r.cached_prompt_tokens);
@@ -153,7 +246,12 @@ gemma3_edge_status run_generation(gemma3_edge_session* session, const std::vecto
 extern "C" {
 
 const char* gemma3_edge_status_string(gemma3_edge_status status) {
-  switch (status) {
+  // C callers may pass any int, and reading a value outside the enum's range as the enum type
+  // is undefined in C++, so the switch reads the bytes as an int.
+  static_assert(sizeof(gemma3_edge_status) == sizeof(int), "gemma3_edge_status is passed as a C int");
+  int code;
+  std::memcpy(&code, &status, sizeof code);
+  switch (code) {
     case GEMMA3_EDGE_OK: return "ok";
     case GEMMA3_EDGE_ERROR_INVALID_ARGUMENT: return "invalid argument";
     case GEMMA3_EDGE_ERROR_MODEL_LOAD: return "model load failed";
@@ -191,21 +289,39 @@ gemma3_edge_model_params gemma3_edge_model_params_default(void) {
 
 gemma3_edge_status gemma3_edge_model_load(const char* path, const gemma3_edge_model_params* params,
                                           gemma3_edge_model** out_model) {
+  return gemma3_edge_model_load_with_mmproj(path, nullptr, params, out_model);
+}
+
+gemma3_edge_status gemma3_edge_model_load_with_mmproj(const char* path, const char* mmproj_path,
+                                                      const gemma3_edge_model_params* params,
+                                                      gemma3_edge_model** out_model) {
   return guarded([&] {
     if (out_model == nullptr) return invalid("out_model is NULL; pass the address of a gemma3_edge_model*");
     *out_model = nullptr;
     if (path == nullptr) return invalid("path is NULL; pass the path of a Gemma 3 GGUF file");
     const gemma3_edge_model_params p = params != nullptr ? *params : gemma3_edge_model_params_default();
     g3e::Precision precision;
-    switch (p.precision) {
+    int precision_code;  // read as an int, as in gemma3_edge_status_string()
+    std::memcpy(&precision_code, &p.precision, sizeof precision_code);
+    switch (precision_code) {
       case GEMMA3_EDGE_PRECISION_QUANTIZED: precision = g3e::Precision::kQuantized; break;
       case GEMMA3_EDGE_PRECISION_F32: precision = g3e::Precision::kF32; break;
       default:
-        return invalid("precision " + std::to_string(static_cast<int>(p.precision)) +
+        return invalid("precision " + std::to_string(precision_code) +
                        " is invalid; use GEMMA3_EDGE_PRECISION_QUANTIZED or GEMMA3_EDGE_PRECISION_F32");
     }
     auto model = std::make_unique<gemma3_edge_model>();
     model->model = std::make_unique<g3e::Model>(path, precision);
+    if (mmproj_path != nullptr) {
+      model->vision = std::make_unique<g3e::VisionModel>(mmproj_path, precision);
+      const int64_t projection_dim = model->vision->config().projection_dim;
+      const int64_t d_model = model->model->config().d_model;
+      if (projection_dim != d_model) {
+        throw g3e::ModelLoadError(std::string(mmproj_path) + ": the vision projector maps images to width " +
+                                  std::to_string(projection_dim) + ", but " + path + " has d_model " +
+                                  std::to_string(d_model) + "; use the mmproj file made for this model");
+      }
+    }
     *out_model = model.release();
     return GEMMA3_EDGE_OK;
   });
@@ -236,8 +352,7 @@ int32_t gemma3_edge_model_end_of_turn_token(const gemma3_edge_model* model) {
 }
 
 int gemma3_edge_model_has_vision(const gemma3_edge_model* model) {
-  (void)model;
-  return 0;  // NOTE: no vision projector file can be loaded through the C API yet.
+  return model != nullptr && model->vision != nullptr ? 1 : 0;
 }
 
 gemma3_edge_status gemma3_edge_tokenize(const gemma3_edge_model* model, const char* text, size_t text_len,
@@ -320,16 +435,25 @@ gemma3_edge_status gemma3_edge_session_create(const gemma3_edge_model* model, co
       return invalid("n_threads must be >= 1, or 0 for one per CPU, got " + std::to_string(p.n_threads));
     }
     options.n_threads = p.n_threads == 0 ? online_cpus() : p.n_threads;
-    switch (p.kv_type) {
+    int kv_type_code;  // read as an int, as in gemma3_edge_status_string()
+    std::memcpy(&kv_type_code, &p.kv_type, sizeof kv_type_code);
+    switch (kv_type_code) {
       case GEMMA3_EDGE_KV_F32: options.kv_type = g3e::KVType::kF32; break;
       case GEMMA3_EDGE_KV_F16: options.kv_type = g3e::KVType::kF16; break;
       case GEMMA3_EDGE_KV_INT8: options.kv_type = g3e::KVType::kInt8; break;
       default:
-        return invalid("kv_type " + std::to_string(static_cast<int>(p.kv_type)) +
+        return invalid("kv_type " + std::to_string(kv_type_code) +
                        " is invalid; use GEMMA3_EDGE_KV_F32, GEMMA3_EDGE_KV_F16 or GEMMA3_EDGE_KV_INT8");
+    }
+    if (model->vision != nullptr && options.n_batch < model->vision->config().n_tokens) {
+      return invalid("n_batch " + std::to_string(options.n_batch) + " is smaller than one image (" +
+                     std::to_string(model->vision->config().n_tokens) +
+                     " tokens), whose tokens must be evaluated together; pass n_batch >= " +
+                     std::to_string(model->vision->config().n_tokens));
     }
     auto session = std::make_unique<gemma3_edge_session>();
     session->generator = std::make_unique<g3e::Generator>(*model->model, options);
+    session->model = model;
     *out_session = session.release();
     return GEMMA3_EDGE_OK;
   });
@@ -338,7 +462,9 @@ gemma3_edge_status gemma3_edge_session_create(const gemma3_edge_model* model, co
 void gemma3_edge_session_free(gemma3_edge_session* session) { delete session; }
 
 void gemma3_edge_session_reset(gemma3_edge_session* session) {
-  if (session != nullptr) session->generator->reset();
+  if (session == nullptr) return;
+  session->generator->reset();
+  session->images.clear();
 }
 
 int32_t gemma3_edge_session_n_past(const gemma3_edge_session* session) {
@@ -362,12 +488,24 @@ gemma3_edge_status gemma3_edge_session_add_image(gemma3_edge_session* session, c
       return invalid("stride_bytes " + std::to_string(stride_bytes) + " is less than 3 * width = " +
                      std::to_string(3 * static_cast<int64_t>(width)));
     }
-    const std::string& name = session->generator->model().config().name;
-    return fail(GEMMA3_EDGE_ERROR_NO_VISION_TOWER,
-                ("model '" + name +
-                 "' was loaded without a vision tower: the C API loads the text model only, so images "
-                 "cannot be used; send a text prompt, or use the Python API with an mmproj file")
-                    .c_str());
+    const g3e::VisionModel* vision = session->model->vision.get();
+    if (vision == nullptr) {
+      const std::string& name = session->generator->model().config().name;
+      return fail(GEMMA3_EDGE_ERROR_NO_VISION_TOWER,
+                  ("model '" + name +
+                   "' was loaded without a vision tower, so images cannot be used; load it with "
+                   "gemma3_edge_model_load_with_mmproj() and its mmproj file")
+                      .c_str());
+    }
+    const g3e::VisionConfig& c = vision->config();
+    const std::vector<float> pixels = g3e::preprocess_image(rgb, width, height, stride_bytes, c);
+    if (session->vision_pool == nullptr) {
+      session->vision_pool = std::make_unique<g3e::ThreadPool>(session->generator->context().options().n_threads);
+    }
+    std::vector<float> soft_tokens(static_cast<size_t>(c.n_tokens * c.projection_dim));
+    vision->encode(pixels.data(), soft_tokens.data(), *session->vision_pool);
+    session->images.push_back(std::move(soft_tokens));
+    return GEMMA3_EDGE_OK;
   });
 }
 
@@ -403,9 +541,17 @@ gemma3_edge_status gemma3_edge_generate(gemma3_edge_session* session, const char
     if (session == nullptr) return invalid("session is NULL; create one with gemma3_edge_session_create()");
     if (prompt == nullptr) return invalid("prompt is NULL; pass a NUL-terminated UTF-8 string");
     const gemma3_edge_generate_params p = params != nullptr ? *params : gemma3_edge_generate_params_default();
+    // The added images belong to this prompt whether or not generation succeeds.
+    const std::vector<std::vector<float>> images = std::move(session->images);
+    session->images.clear();
     const g3e::GenerateOptions options = generate_options(p);
-    const std::vector<int32_t> ids =
-        session->generator->model().tokenizer().encode(prompt, p.add_bos != 0, p.parse_special != 0);
+    const g3e::Model& model = session->generator->model();
+    if (!images.empty()) {
+      const ImagePrompt image_prompt = build_image_prompt(model, prompt, images, p.add_bos != 0, p.parse_special != 0);
+      const g3e::EvalInputs inputs = image_prompt.eval_inputs();
+      return run_generation(session, image_prompt.ids, options, callback, user_data, result, &inputs);
+    }
+    const std::vector<int32_t> ids = model.tokenizer().encode(prompt, p.add_bos != 0, p.parse_special != 0);
     return run_generation(session, ids, options, callback, user_data, result);
   });
 }
@@ -417,6 +563,13 @@ gemma3_edge_status gemma3_edge_generate_tokens(gemma3_edge_session* session, con
   return guarded([&] {
     if (session == nullptr) return invalid("session is NULL; create one with gemma3_edge_session_create()");
     if (tokens == nullptr && n_tokens > 0) return invalid("tokens is NULL but n_tokens is " + std::to_string(n_tokens));
+    if (!session->images.empty()) {
+      const size_t n_images = session->images.size();
+      session->images.clear();
+      return invalid(std::to_string(n_images) +
+                     " added images were dropped: a prompt of token ids cannot place images; pass a text prompt "
+                     "to gemma3_edge_generate()");
+    }
     const gemma3_edge_generate_params p = params != nullptr ? *params : gemma3_edge_generate_params_default();
     const g3e::GenerateOptions options = generate_options(p);
     const std::vector<int32_t> ids(tokens, tokens + n_tokens);

@@ -59,7 +59,7 @@ void Generator::reset() {
 int64_t Generator::reuse_prefix(const std::vector<int32_t>& prompt) {
   const size_t limit = std::min(cached_.size(), prompt.size() - 1);
   size_t common = 0;
-  while (common < limit && cached_[common] == prompt[common]) ++common;
+  while (common < limit && cached_[common] == prompt[common] && prompt[common] != kReplacedToken) ++common;
   if (common > 0 && context_.truncate(static_cast<int64_t>(common))) {
     cached_.resize(common);
     return static_cast<int64_t>(common);
@@ -68,19 +68,22 @@ int64_t Generator::reuse_prefix(const std::vector<int32_t>& prompt) {
   return 0;
 }
 
-void Generator::eval_tokens(const int32_t* tokens, int64_t n) {
+void Generator::eval_tokens(const int32_t* tokens, int64_t n, const EvalInputs* inputs) {
   try {
-    context_.eval(tokens, n, n - 1, logits_.data());
+    context_.eval(tokens, n, n - 1, logits_.data(), inputs);
   } catch (...) {
     // The cache may hold part of the tokens; start afresh next time.
     reset();
     throw;
   }
-  cached_.insert(cached_.end(), tokens, tokens + n);
+  for (int64_t i = 0; i < n; ++i) {
+    const bool replaced = inputs != nullptr && inputs->replace != nullptr && inputs->replace[i] != 0;
+    cached_.push_back(replaced ? kReplacedToken : tokens[i]);
+  }
 }
 
 GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const GenerateOptions& options,
-                                   const TokenCallback& on_token) {
+                                   const TokenCallback& on_token, const EvalInputs* inputs) {
   const Model& m = model();
   const ModelConfig& config = m.config();
   const int64_t n_ctx = context_.options().n_ctx;
@@ -113,8 +116,30 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
   int64_t limit = n_ctx - n_prompt;
   if (options.max_tokens > 0) limit = std::min(limit, options.max_tokens);
 
-  result.cached_prompt_tokens = reuse_prefix(prompt);
-  eval_tokens(prompt.data() + result.cached_prompt_tokens, n_prompt - result.cached_prompt_tokens);
+  // A replaced (image) token differs from every cached one, so the reused prefix ends before it.
+  std::vector<int32_t> reuse_keys = prompt;
+  if (inputs != nullptr && inputs->replace != nullptr) {
+    for (int64_t i = 0; i < n_prompt; ++i) {
+      if (inputs->replace[i] != 0) reuse_keys[i] = kReplacedToken;
+    }
+  }
+  result.cached_prompt_tokens = reuse_prefix(reuse_keys);
+  const int64_t start = result.cached_prompt_tokens;
+  if (inputs == nullptr) {
+    eval_tokens(prompt.data() + start, n_prompt - start);
+  } else {
+    // The same inputs shifted to the tokens that are evaluated (spans never start before
+    // `start`, because the reused prefix ends before the first replaced token).
+    EvalInputs rest;
+    if (inputs->embeddings != nullptr) {
+      rest.embeddings = inputs->embeddings + start * config.d_model;
+      rest.replace = inputs->replace + start;
+    }
+    for (const auto& [begin, end] : inputs->bidirectional_spans) {
+      rest.bidirectional_spans.emplace_back(begin - start, end - start);
+    }
+    eval_tokens(prompt.data() + start, n_prompt - start, &rest);
+  }
 
   StreamingDecoder decoder(m.tokenizer());
   std::vector<int32_t> history = prompt;  // for the repetition penalty

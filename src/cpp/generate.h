@@ -53,25 +53,31 @@ class Generator {
   // InvalidArgument for an empty prompt, an id outside the vocabulary, a prompt that leaves no
   // room to generate in n_ctx, or invalid sampling options. An exception thrown by on_token
   // propagates; the cache stays consistent with cached_tokens().
+  // inputs, when not null, carries image soft-token embeddings for the prompt (indices into
+  // prompt); the cache is reused only up to the first replaced token.
   GenerateResult generate(const std::vector<int32_t>& prompt, const GenerateOptions& options,
-                          const TokenCallback& on_token);
+                          const TokenCallback& on_token, const EvalInputs* inputs = nullptr);
 
   // Forgets the cached tokens, so the next prompt is computed from scratch.
   void reset();
 
   const Model& model() const { return context_.model(); }
   const Context& context() const { return context_; }
-  // Tokens whose keys and values the cache holds, in order.
+  // Tokens whose keys and values the cache holds, in order; -1 for an image soft token.
   const std::vector<int32_t>& cached_tokens() const { return cached_; }
 
  private:
   // Keeps the longest cached prefix of prompt (never the whole prompt: the last token is
   // evaluated again for its logits) and returns its length.
   int64_t reuse_prefix(const std::vector<int32_t>& prompt);
-  // Appends tokens to the cache and leaves the last token's logits in logits_.
-  void eval_tokens(const int32_t* tokens, int64_t n);
+  // Appends tokens to the cache and leaves the last token's logits in logits_. inputs, when
+  // not null, indexes the same n tokens.
+  void eval_tokens(const int32_t* tokens, int64_t n, const EvalInputs* inputs = nullptr);
 
   Context context_;
+  // Cache entry of a position whose embedding came from EvalInputs (an image soft token):
+  // such a position is never reused, because its id does not identify the image.
+  static constexpr int32_t kReplacedToken = -1;
   std::vector<int32_t> cached_;
   std::vector<float> logits_;  // (vocab)
 };

@@ -199,8 +199,8 @@ void read_value(Cursor& cur, uint32_t raw_type, GGUFValue& value, const std::str
              " elements, more than the file holds");
   }
   if (value.array_type == GGUFValueType::kString) {
-    value.strings.reserve(count);
-    for (uint64_t i = 0; i < count; ++i) value.strings.push_back(cur.read_string("array string"));
+    // Checked here and read again by get_string_array(), which relies on these bounds.
+    for (uint64_t i = 0; i < count; ++i) cur.read_string("array string");
     return;
   }
   if (depth >= kMaxArrayNesting) {
@@ -451,7 +451,7 @@ void GGUFFile::parse() {
     tensors_.push_back(std::move(info));
   }
 
-  uint64_t data_start = (cur.position() + alignment_ - 1) / alignment_ * alignment_;
+  const uint64_t data_start = (cur.position() + alignment_ - 1) / alignment_ * alignment_;
   if (data_start > size_) {
     throw ModelLoadError(path_ + ": file is truncated before the tensor data section");
   }
@@ -500,9 +500,12 @@ void GGUFFile::parse() {
   }
 
   // A NaN or infinite weight or block scale makes the forward pass return NaN or silently wrong
-  // values, depending on where it sits, so such a file is rejected here.
+  // values, depending on where it sits, so such a file is rejected here. The check reads every
+  // page of the data section, so each tensor's pages are released after it: otherwise the
+  // whole file would stay resident until the loader repacks and releases it tensor by tensor.
   for (const GGUFTensorInfo& t : tensors_) {
     const int64_t at = first_nonfinite_element(t);
+    release_pages(t);
     if (at < 0) continue;
     const GGMLTypeInfo* info = ggml_type_info(static_cast<uint32_t>(t.type));
     std::string where = info->block_size == 1
@@ -514,15 +517,33 @@ void GGUFFile::parse() {
   }
 }
 
-void GGUFFile::release_pages(const GGUFTensorInfo& tensor) const {
+namespace {
+
+// Drops the resident pages that overlap [begin, end) of a read-only shared file mapping. The
+// page cache keeps them, so a later read is a minor fault, not disk I/O.
+void release_range(const uint8_t* begin, const uint8_t* end) {
   const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(tensor.data) / page * page;
-  const uintptr_t end = reinterpret_cast<uintptr_t>(tensor.data) + static_cast<uintptr_t>(tensor.n_bytes);
-  if (end > begin) {
+  const uintptr_t first = reinterpret_cast<uintptr_t>(begin) / page * page;
+  const uintptr_t last = reinterpret_cast<uintptr_t>(end);
+  if (last > first) {
     // Advice only: a failure leaves the pages resident, which is harmless.
-    ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+    ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
   }
 }
+
+}  // namespace
+
+void GGUFFile::release_pages(const GGUFTensorInfo& tensor) const {
+  release_range(tensor.data, tensor.data + tensor.n_bytes);
+}
+
+void GGUFFile::release_pages(const GGUFTensorInfo& tensor, int64_t offset, int64_t n_bytes) const {
+  const int64_t begin = std::clamp<int64_t>(offset, 0, tensor.n_bytes);
+  const int64_t end = std::clamp<int64_t>(offset + n_bytes, begin, tensor.n_bytes);
+  release_range(tensor.data + begin, tensor.data + end);
+}
+
+void GGUFFile::release_all_pages() const { release_range(base_, base_ + size_); }
 
 const GGUFValue* GGUFFile::find(const std::string& key) const {
   auto it = metadata_.find(key);
@@ -590,7 +611,17 @@ std::vector<std::string_view> GGUFFile::get_string_array(const std::string& key)
   if (v.type != GGUFValueType::kArray || v.array_type != GGUFValueType::kString) {
     wrong_type(*this, key, v, "an array of strings");
   }
-  return v.strings;
+  // parse() checked every length against the file, so this walk stays inside the mapping.
+  std::vector<std::string_view> out;
+  out.reserve(v.array_count);
+  const uint8_t* p = v.array_data;
+  for (uint64_t i = 0; i < v.array_count; ++i) {
+    uint64_t length;
+    std::memcpy(&length, p, sizeof length);
+    out.emplace_back(reinterpret_cast<const char*>(p + sizeof length), length);
+    p += sizeof length + length;
+  }
+  return out;
 }
 
 std::vector<float> GGUFFile::get_float_array(const std::string& key) const {

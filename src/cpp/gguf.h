@@ -40,12 +40,12 @@ struct GGUFValue {
   double real = 0.0;
   std::string_view string;  // points into the memory map
 
-  // Arrays: element type, count, and the elements' position in the file. Numeric elements
-  // are read on request; string elements are indexed once in `strings`.
+  // Arrays: element type, count, and the elements' position in the file, which parse() has
+  // checked. Elements are read on request (get_*_array), so a 262,144-piece vocabulary keeps
+  // no index in memory while the model runs.
   GGUFValueType array_type = GGUFValueType::kUint8;
   uint64_t array_count = 0;
   const uint8_t* array_data = nullptr;
-  std::vector<std::string_view> strings;
 };
 
 struct GGUFTensorInfo {
@@ -95,6 +95,12 @@ class GGUFFile {
   // file if touched). Called after a tensor was copied or repacked, so the mapping does not add
   // to the process's peak resident memory.
   void release_pages(const GGUFTensorInfo& tensor) const;
+  // The same for bytes [offset, offset + n_bytes) of a tensor's data, clamped to the tensor:
+  // lets a loader drop the rows it has repacked while it repacks the rest.
+  void release_pages(const GGUFTensorInfo& tensor, int64_t offset, int64_t n_bytes) const;
+  // The same for the whole file: metadata and tensor data stay readable, because the pages are
+  // read again from the file when touched. Called once a loader has copied what it needs.
+  void release_all_pages() const;
 
   // Message prefix "<path>: " for errors about this file.
   std::string where() const { return path_ + ": "; }

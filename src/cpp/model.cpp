@@ -7,6 +7,10 @@
 #include <limits>
 #include <map>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include "errors.h"
 #include "kernels/vec.h"
 #include "log.h"
@@ -40,16 +44,29 @@ PackedWeight load_matrix(const GGUFFile& f, const std::string& name, int64_t row
     throw ModelLoadError(f.where() + "tensor '" + name + "' has type " +
                          (info ? info->name : "unknown") + ", which this runtime cannot run");
   }
+  // Every layout the kernels use is a copy (the PackedWeight owns its data), so the file's pages
+  // of a row are not needed once the row is packed. Releasing them during packing keeps the
+  // mapped source and the copy from both being resident for a whole tensor (the 178 MB
+  // embedding of Gemma 3 270M would otherwise add its size to the peak).
+  const int64_t row_bytes = ggml_row_bytes(t.type, cols);
+  const PackProgress release_packed_rows = [&f, &t, row_bytes](int64_t rows_done) {
+    f.release_pages(t, 0, rows_done * row_bytes);
+  };
   try {
-    PackedWeight packed = pack_weight(t.type, t.data, rows, cols,
-                                      precision == Precision::kF32 ? PackMode::kF32 : PackMode::kQuantized);
-    // NOTE: every layout the kernels use is a copy (the PackedWeight owns its data), so the
-    // file's pages are not needed after packing.
-    f.release_pages(t);
-    return packed;
+    return pack_weight(t.type, t.data, rows, cols,
+                       precision == Precision::kF32 ? PackMode::kF32 : PackMode::kQuantized,
+                       release_packed_rows);
   } catch (const std::invalid_argument& e) {
     throw ModelLoadError(f.where() + "tensor '" + name + "': " + e.what());
   }
+}
+
+// Returns the free heap memory that loading left behind (the tokenizer spec's temporary
+// strings, among others) to the operating system, so it does not count in resident memory.
+void release_free_heap() {
+#if defined(__GLIBC__)
+  ::malloc_trim(0);
+#endif
 }
 
 TokenizerSpec read_tokenizer_spec(const GGUFFile& f) {
@@ -99,21 +116,24 @@ void apply_rope(float* v, int64_t head_dim, const float* cos_row, const float* s
 
 // cos/sin tables (n_positions, head_dim / 2), computed in float32 as transformers does:
 // inv_freq = 1 / base^(2i / d), angle = (position / scale) * inv_freq.
-void build_rope_table(int64_t n_positions, int64_t head_dim, float base, float scale,
-                      std::vector<float>& cos_out, std::vector<float>& sin_out) {
-  int64_t half = head_dim / 2;
-  std::vector<float> inv_freq(half);
-  for (int64_t i = 0; i < half; ++i) {
+// RoPE inverse frequencies of one base: inv_freq[i] = base^(-2i / head_dim) / scale.
+std::vector<float> rope_inverse_frequencies(int64_t head_dim, float base, float scale) {
+  std::vector<float> inv_freq(static_cast<size_t>(head_dim / 2));
+  for (int64_t i = 0; i < head_dim / 2; ++i) {
     float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
     inv_freq[i] = (1.0f / std::pow(base, exponent)) / scale;
   }
-  cos_out.resize(n_positions * half);
-  sin_out.resize(n_positions * half);
-  for (int64_t p = 0; p < n_positions; ++p) {
+  return inv_freq;
+}
+
+// cos and sin of the angles of n positions from `first`: (n, head_dim / 2) each.
+void fill_rope_rows(const std::vector<float>& inv_freq, int64_t first, int64_t n, float* cos_out, float* sin_out) {
+  const int64_t half = static_cast<int64_t>(inv_freq.size());
+  for (int64_t t = 0; t < n; ++t) {
     for (int64_t i = 0; i < half; ++i) {
-      float angle = static_cast<float>(p) * inv_freq[i];
-      cos_out[p * half + i] = std::cos(angle);
-      sin_out[p * half + i] = std::sin(angle);
+      float angle = static_cast<float>(first + t) * inv_freq[i];
+      cos_out[t * half + i] = std::cos(angle);
+      sin_out[t * half + i] = std::sin(angle);
     }
   }
 }
@@ -172,6 +192,13 @@ Model::Model(const std::string& path, Precision precision)
     l.up = load_matrix(f, b + "ffn_up.weight", c.d_ff, c.d_model, precision);
     l.down = load_matrix(f, b + "ffn_down.weight", c.d_model, c.d_ff, precision);
   }
+
+  // Everything the model uses was copied: the metadata (about 8 MB of vocabulary for Gemma 3)
+  // into the tokenizer and config, the tensors into their packed form. Pages still mapped, such
+  // as the norm vectors and the neighbours that the kernel maps around each page fault, need
+  // not stay resident.
+  f.release_all_pages();
+  release_free_heap();
 
   log(LogLevel::kInfo, "loaded " + c.name + " (" + std::to_string(c.n_layers) + " layers, d_model " +
                            std::to_string(c.d_model) + ", vocab " + std::to_string(c.vocab_size) +
@@ -255,11 +282,13 @@ Context::Context(const Model& model, const ContextOptions& options) : model_(mod
     k_cache_[i].assign(static_cast<size_t>(cache_slots(i) * row_bytes_), 0);
     v_cache_[i].assign(static_cast<size_t>(cache_slots(i) * row_bytes_), 0);
   }
-  build_rope_table(options_.n_ctx, c.head_dim, c.rope_base_local, 1.0f, rope_cos_local_, rope_sin_local_);
-  build_rope_table(options_.n_ctx, c.head_dim, c.rope_base_global, c.rope_scale_global, rope_cos_global_,
-                   rope_sin_global_);
+  rope_inv_freq_local_ = rope_inverse_frequencies(c.head_dim, c.rope_base_local, 1.0f);
+  rope_inv_freq_global_ = rope_inverse_frequencies(c.head_dim, c.rope_base_global, c.rope_scale_global);
 
   const int64_t b = options_.n_batch;
+  for (auto* table : {&rope_cos_local_, &rope_sin_local_, &rope_cos_global_, &rope_sin_global_}) {
+    table->resize(b * (c.head_dim / 2));
+  }
   x_.resize(b * c.d_model);
   xn_.resize(b * c.d_model);
   q_.resize(b * c.n_heads * c.head_dim);
@@ -396,6 +425,10 @@ void Context::eval_chunk(const int32_t* tokens, int64_t n, int64_t logits_from, 
     for (int64_t i = 0; i < d; ++i) row[i] *= c.embedding_scale;
   }
 
+  // RoPE angles of this chunk's positions, shared by all layers of a kind.
+  fill_rope_rows(rope_inv_freq_local_, n_past_, n, rope_cos_local_.data(), rope_sin_local_.data());
+  fill_rope_rows(rope_inv_freq_global_, n_past_, n, rope_cos_global_.data(), rope_sin_global_.data());
+
   for (int64_t il = 0; il < c.n_layers; ++il) {
     const LayerWeights& l = model_.layer(il);
     const bool sliding = c.is_sliding(il);
@@ -413,9 +446,8 @@ void Context::eval_chunk(const int32_t* tokens, int64_t n, int64_t logits_from, 
     // QK-norm per head, then RoPE at each token's position.
     const int64_t slots = cache_slots(il);
     for (int64_t t = 0; t < n; ++t) {
-      const int64_t pos = n_past_ + t;
-      const float* cos_row = &rope_cos[pos * (hd / 2)];
-      const float* sin_row = &rope_sin[pos * (hd / 2)];
+      const float* cos_row = &rope_cos[t * (hd / 2)];
+      const float* sin_row = &rope_sin[t * (hd / 2)];
       for (int64_t h = 0; h < c.n_heads; ++h) {
         float* qh = &q_[t * q_dim + h * hd];
         rms_norm(qh, l.q_norm.data(), qh, hd);
@@ -625,7 +657,7 @@ void Context::gather_kv(int64_t il, bool values, int64_t first, int64_t count, i
   const int64_t kv_dim = c.n_kv_heads * hd;
   const int64_t slots = cache_slots(il);
   const uint8_t* cache = values ? v_cache_[il].data() : k_cache_[il].data();
-  const std::vector<float>& chunk = values ? v_ : k_;
+  const ScratchBuffer& chunk = values ? v_ : k_;
   for (int64_t j = 0; j < count; ++j) {
     const int64_t position = first + j;
     float* dst = out + j * hd;
@@ -697,7 +729,7 @@ void Context::attention(int64_t il, int64_t n) {
       for (int64_t pos = b0; pos < b0 + count;) {
         int64_t len = b0 + count - pos;
         if (pos >= n_past_) {
-          const std::vector<float>& chunk = values ? v_ : k_;
+          const ScratchBuffer& chunk = values ? v_ : k_;
           fn(pos, len, &chunk[(pos - n_past_) * kv_dim + offset], kv_dim);
         } else {
           const int64_t slot = pos % slots;

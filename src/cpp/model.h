@@ -94,6 +94,25 @@ struct EvalInputs {
   std::vector<std::pair<int64_t, int64_t>> bidirectional_spans;
 };
 
+// Float buffer that is not written when allocated, so the pages of a chunk's scratch that a
+// short prompt never uses do not become resident.
+class ScratchBuffer {
+ public:
+  void resize(size_t n) {
+    data_.reset(new float[n]);
+    size_ = n;
+  }
+  float* data() { return data_.get(); }
+  const float* data() const { return data_.get(); }
+  float& operator[](size_t i) { return data_[i]; }
+  const float& operator[](size_t i) const { return data_[i]; }
+  size_t size() const { return size_; }
+
+ private:
+  std::unique_ptr<float[]> data_;
+  size_t size_ = 0;
+};
+
 // One sequence being evaluated: the KV cache, scratch buffers and a thread pool.
 class Context {
  public:
@@ -161,20 +180,22 @@ class Context {
   std::vector<std::vector<uint8_t>> k_cache_;
   std::vector<std::vector<uint8_t>> v_cache_;
 
-  // RoPE tables: (n_ctx, head_dim / 2) cos and sin for each base.
+  // RoPE: inverse frequencies of each base, and cos and sin for the current chunk's positions
+  // (n_batch, head_dim / 2), so memory does not grow with n_ctx.
+  std::vector<float> rope_inv_freq_local_, rope_inv_freq_global_;
   std::vector<float> rope_cos_local_, rope_sin_local_, rope_cos_global_, rope_sin_global_;
 
   // Scratch for one chunk of up to n_batch tokens.
-  std::vector<float> x_;       // (n_batch, d_model) residual stream
-  std::vector<float> xn_;      // (n_batch, d_model) normalised input
-  std::vector<float> q_;       // (n_batch, n_heads * head_dim)
-  std::vector<float> k_;       // (n_batch, n_kv_heads * head_dim)
-  std::vector<float> v_;       // (n_batch, n_kv_heads * head_dim)
-  std::vector<float> attn_;    // (n_batch, n_heads * head_dim)
-  std::vector<float> proj_;    // (n_batch, d_model)
-  std::vector<float> gate_;    // (n_batch, d_ff)
-  std::vector<float> up_;      // (n_batch, d_ff)
-  std::vector<float> tiles_;   // (n_threads, attention_tile_floats()) blocked attention scratch
+  ScratchBuffer x_;     // (n_batch, d_model) residual stream
+  ScratchBuffer xn_;    // (n_batch, d_model) normalised input
+  ScratchBuffer q_;     // (n_batch, n_heads * head_dim)
+  ScratchBuffer k_;     // (n_batch, n_kv_heads * head_dim)
+  ScratchBuffer v_;     // (n_batch, n_kv_heads * head_dim)
+  ScratchBuffer attn_;  // (n_batch, n_heads * head_dim)
+  ScratchBuffer proj_;  // (n_batch, d_model)
+  ScratchBuffer gate_;  // (n_batch, d_ff)
+  ScratchBuffer up_;    // (n_batch, d_ff)
+  ScratchBuffer tiles_;  // (n_threads, attention_tile_floats()) blocked attention scratch
 };
 
 }  // namespace g3e

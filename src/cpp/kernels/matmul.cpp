@@ -63,7 +63,8 @@ std::string describe(const qk::QFormat& f, const char* source) {
 
 }  // namespace
 
-PackedWeight pack_weight(GGMLType type, const void* data, int64_t rows, int64_t cols, PackMode mode) {
+PackedWeight pack_weight(GGMLType type, const void* data, int64_t rows, int64_t cols, PackMode mode,
+                         const PackProgress& progress) {
   const GGMLTypeInfo* info = ggml_type_info(static_cast<uint32_t>(type));
   if (info == nullptr || !info->can_dequantize) {
     throw std::invalid_argument("pack_weight: unsupported ggml type id " +
@@ -83,7 +84,7 @@ PackedWeight pack_weight(GGMLType type, const void* data, int64_t rows, int64_t 
   p.type = type;
   if (mode == PackMode::kQuantized && qk::qblock_supports(type)) {
     p.kind = PackedWeight::Impl::Kind::kQBlock;
-    p.q = qk::qblock_pack(type, data, rows, cols);
+    p.q = qk::qblock_pack(type, data, rows, cols, progress);
     p.layout = describe(p.q.panel.f, info->name);
     return w;
   }
@@ -98,6 +99,7 @@ PackedWeight pack_weight(GGMLType type, const void* data, int64_t rows, int64_t 
     g3e::dequantize_row(type, src + r * row_bytes, row.data(), cols);
     sgemm_pack_row(row.data(), r, cols, p.f32.data());
   }
+  if (progress) progress(rows);
   if (type == GGMLType::F32) {
     p.layout = "f32";
   } else {

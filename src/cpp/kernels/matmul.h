@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -41,9 +42,15 @@ class PackedWeight {
   std::unique_ptr<Impl> impl;
 };
 
+// Called while a weight is packed with the number of leading source rows already copied.
+// Packing never reads those rows again, so the caller may release their memory.
+using PackProgress = std::function<void(int64_t rows_done)>;
+
 // Prepares `rows` x `cols` elements of `type` stored at `data`. Throws std::invalid_argument
-// on a type or shape the kernels cannot serve.
-PackedWeight pack_weight(GGMLType type, const void* data, int64_t rows, int64_t cols, PackMode mode);
+// on a type or shape the kernels cannot serve. Calls progress, when set, every few MB of
+// source rows and once with all rows at the end.
+PackedWeight pack_weight(GGMLType type, const void* data, int64_t rows, int64_t cols, PackMode mode,
+                         const PackProgress& progress = nullptr);
 
 // y[m, rows] = x[m, cols] * W^T, all float32, row-major. Work is split over the pool's threads.
 // Quantized weights: x is quantized once per call to int8 per block of 32 (scale max|x| / 127,

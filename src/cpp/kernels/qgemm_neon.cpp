@@ -15,7 +15,9 @@
 #include <arm_neon.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "kernels/qformat.h"
 #include "kernels/qgemm_driver.h"
@@ -192,17 +194,30 @@ void quantize_acts_neon(const float* x, const QActs& a, int64_t r0, int64_t r1) 
   for (int64_t i = r0; i < r1; ++i) {
     for (int64_t b = 0; b < a.n_kb; ++b) {
       const float* xb = x + i * a.cols + b * kBlockK;
+      int8_t* q = xq_all + i * a.cols + b * kBlockK;
       float32x4_t v[8];
       for (int j = 0; j < 8; ++j) v[j] = vld1q_f32(xb + 4 * j);
+      // |x| < inf is false for infinities and NaN. Such a block is stored as
+      // quantize_acts_scalar() stores it.
+      const float32x4_t inf = vdupq_n_f32(std::numeric_limits<float>::infinity());
+      uint32x4_t finite = vcltq_f32(vabsq_f32(v[0]), inf);
+      for (int j = 1; j < 8; ++j) finite = vandq_u32(finite, vcltq_f32(vabsq_f32(v[j]), inf));
+      if (vminvq_u32(finite) == 0) {
+        std::memset(q, 0, kBlockK);
+        xs_all[i * a.n_kb + b] = std::numeric_limits<float>::quiet_NaN();
+        bsum_all[(i * a.n_kb + b) * 2 + 0] = 0;
+        bsum_all[(i * a.n_kb + b) * 2 + 1] = 0;
+        continue;
+      }
       float32x4_t mx = vabsq_f32(v[0]);
       for (int j = 1; j < 8; ++j) mx = vmaxq_f32(mx, vabsq_f32(v[j]));
       const float amax = vmaxvq_f32(mx);
       const float d = amax / 127.0f;
-      const float id = d != 0.0f ? 1.0f / d : 0.0f;
+      // 1 / d is infinite for d == 0 and for d below about 2.9e-39 (see quantize_acts_scalar).
+      const float id = d != 0.0f && std::isfinite(1.0f / d) ? 1.0f / d : 0.0f;
       int32x4_t qi[8];
       // vcvtnq rounds to nearest, ties to even, like nearbyint in the reference.
       for (int j = 0; j < 8; ++j) qi[j] = vcvtnq_s32_f32(vmulq_n_f32(v[j], id));
-      int8_t* q = xq_all + i * a.cols + b * kBlockK;
       for (int j = 0; j < 8; j += 2) {
         const int16x8_t h = vcombine_s16(vqmovn_s32(qi[j]), vqmovn_s32(qi[j + 1]));
         vst1_s8(q + 4 * j, vqmovn_s16(h));

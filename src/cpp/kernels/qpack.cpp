@@ -8,11 +8,13 @@
 
 #include "kernels/qpack.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 
+#include "kernels/g3e_types.h"
 #include "kernels/quant_blocks.h"
 
 namespace g3e::qk {
@@ -156,6 +158,27 @@ void decode_q6_K(const uint8_t* row, int64_t b, Chunk& o) {
   for (int h = 0; h < 2; ++h) o.s32[h] = d * static_cast<float>(x.scales[2 * c32 + h]);
 }
 
+// Project types (g3e_types.h) have 128-element blocks with one f16 scale. Chunk b is a quarter
+// of block b / 4 and keeps that block's scale, and u = q + zp gives back d * q exactly. G3E_SFP8
+// values are not on a uniform grid, so it has no qblock layout and runs on the float32 path.
+void decode_g3e_i8(const uint8_t* row, int64_t b, Chunk& o) {
+  const auto& x = reinterpret_cast<const BlockG3EI8*>(row)[b / 4];
+  const int8_t* q = x.qs + 32 * (b % 4);
+  for (int i = 0; i < 32; ++i) o.u[i] = static_cast<uint8_t>(q[i] + 128);
+  o.s16[0] = o.s16[1] = x.d;
+}
+
+// G3E_I4_ROW stores element 2j in the low nibble of byte j (Q4_0 puts j and j + 16 there).
+void decode_g3e_i4(const uint8_t* row, int64_t b, Chunk& o) {
+  const auto& x = reinterpret_cast<const BlockG3EI4*>(row)[b / 4];
+  const uint8_t* q = x.qs + 16 * (b % 4);
+  for (int j = 0; j < 16; ++j) {
+    o.u[2 * j] = q[j] & 15;
+    o.u[2 * j + 1] = q[j] >> 4;
+  }
+  o.s16[0] = o.s16[1] = x.d;
+}
+
 struct TypeFormat {
   QFormat f;
   DecodeFn decode;
@@ -171,6 +194,11 @@ bool type_format(GGMLType type, TypeFormat* out) {
     f.zp = zp;
     return f;
   };
+  switch (static_cast<uint32_t>(type)) {
+    case static_cast<uint32_t>(G3EType::I8_ROW): *out = {fmt(8, 32, true, false, 128), decode_g3e_i8}; return true;
+    case static_cast<uint32_t>(G3EType::I4_ROW): *out = {fmt(4, 32, true, false, 8), decode_g3e_i4}; return true;
+    default: break;
+  }
   switch (type) {
     case GGMLType::Q8_0: *out = {fmt(8, 32, true, false, 128), decode_q8_0}; return true;
     case GGMLType::Q4_0: *out = {fmt(4, 32, true, false, 8), decode_q4_0}; return true;
@@ -217,7 +245,8 @@ bool qblock_supports(GGMLType type) {
   return type_format(type, &tf);
 }
 
-QMatrix qblock_pack(GGMLType type, const void* data, int64_t rows, int64_t cols) {
+QMatrix qblock_pack(GGMLType type, const void* data, int64_t rows, int64_t cols,
+                    const std::function<void(int64_t rows_done)>& progress) {
   TypeFormat tf;
   if (!type_format(type, &tf)) throw std::invalid_argument("qblock_pack: type has no qblock layout");
   if (cols % kBlockK != 0) throw std::invalid_argument("qblock_pack: cols must be a multiple of 32");
@@ -238,6 +267,8 @@ QMatrix qblock_pack(GGMLType type, const void* data, int64_t rows, int64_t cols)
 
   const int64_t row_bytes = ggml_row_bytes(type, cols);
   const uint8_t* src = static_cast<const uint8_t*>(data);
+  // Progress is reported about every 4 MB of source rows.
+  const int64_t tiles_per_report = std::max<int64_t>(1, (int64_t{4} << 20) / (kTileRows * row_bytes));
   uint8_t u[kTileRows][kBlockK];
   Chunk ch;
   for (int64_t t = 0; t < p.n_tiles; ++t) {
@@ -265,6 +296,9 @@ QMatrix qblock_pack(GGMLType type, const void* data, int64_t rows, int64_t cols)
         }
       }
       store_block(f, u, tile + b * f.quant_bytes());
+    }
+    if (progress && ((t + 1) % tiles_per_report == 0 || t + 1 == p.n_tiles)) {
+      progress(std::min(rows, (t + 1) * kTileRows));
     }
   }
   return m;
