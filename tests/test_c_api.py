@@ -130,6 +130,15 @@ def test_example_reports_errors(installed, tmp_path):
     assert "-n must be an integer" in result.stderr
 
 
+def test_example_reports_nan_logits(installed):
+    # Finite but huge weights whose activations overflow float32 (docs/reliability.md): the
+    # sampler must refuse the NaN logits instead of drawing a meaningless token.
+    model = Path(__file__).parent / "fuzz" / "regressions" / "fuzz_gguf" / "huge_norm_weights_nonfinite_activations.gguf"
+    result = run([installed.example, "-m", model, "-n", "4", "-c", "16", "hello"])
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "the logits contain NaN" in result.stderr
+
+
 def write_eos_model(path: Path) -> Path:
     """A tiny random Gemma 3 whose next token is always <eos> or <end_of_turn>.
 

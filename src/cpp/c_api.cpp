@@ -277,7 +277,10 @@ void gemma3_edge_set_log_callback(gemma3_edge_log_callback callback, void* user_
 }
 
 void gemma3_edge_set_log_level(gemma3_edge_log_level level) {
-  const int clamped = std::clamp(static_cast<int>(level), 0, static_cast<int>(g3e::LogLevel::kNone));
+  // Callers may pass any int; reading it as the enum would be undefined (UBSan).
+  int value;
+  std::memcpy(&value, &level, sizeof value);
+  const int clamped = std::clamp(value, 0, static_cast<int>(g3e::LogLevel::kNone));
   g3e::set_log_level(static_cast<g3e::LogLevel>(clamped));
 }
 

@@ -32,6 +32,14 @@ void validate(const SamplingParams& p) {
 Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) { validate(params_); }
 
 int32_t Sampler::sample(const float* logits, int64_t n_vocab, const std::vector<int32_t>& history) {
+  for (int64_t i = 0; i < n_vocab; ++i) {
+    if (std::isnan(logits[i])) {
+      // Any token drawn from NaN logits would be meaningless (docs/reliability.md).
+      throw std::domain_error("the logits contain NaN (token " + std::to_string(i) +
+                              "): the model's weights overflow float32 on this input, so this model file "
+                              "cannot be used for generation");
+    }
+  }
   candidates_.resize(n_vocab);
   for (int64_t i = 0; i < n_vocab; ++i) candidates_[i] = {logits[i], static_cast<int32_t>(i)};
 
