@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -84,7 +85,15 @@ void run_model(const Model& model) {
   SamplingParams params;
   params.seed = 1;
   Sampler sampler(params);
-  const int32_t next = sampler.sample(logits.data(), model.config().vocab_size, tokens);
+  int32_t next = 0;
+  try {
+    next = sampler.sample(logits.data(), model.config().vocab_size, tokens);
+  } catch (const std::domain_error&) {
+    // The sampler rejects NaN logits, which finite but huge weights can produce; any other
+    // reason for this error is a bug.
+    if (std::none_of(logits.begin(), logits.end(), [](float x) { return std::isnan(x); })) std::abort();
+    return;
+  }
   if (next < 0 || next >= model.config().vocab_size) std::abort();
 }
 
