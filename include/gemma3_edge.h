@@ -221,16 +221,16 @@ GEMMA3_EDGE_API int32_t gemma3_edge_session_n_past(const gemma3_edge_session* se
 GEMMA3_EDGE_API int64_t gemma3_edge_session_kv_bytes(const gemma3_edge_session* session);
 
 /* Adds an image to the next prompt: rgb contains height rows of width pixels, 3 bytes (R, G, B)
- * per pixel, rows stride_bytes apart (>= 3 * width). The pixels are copied, resized to the
- * vision tower's input size with Pillow's bilinear filter and encoded during this call, so rgb
- * may be freed when it returns.
+ * per pixel, rows stride_bytes apart (>= 3 * width), at most 16384 pixels on a side. The
+ * pixels are copied, resized to the vision tower's input size with Pillow's bilinear filter and
+ * encoded during this call, so rgb may be freed when it returns.
  * The next gemma3_edge_generate() uses the added images and drops them (also when it fails),
  * and gemma3_edge_session_reset() drops them too. Each "<start_of_image>" in the prompt text marks where
  * the next image goes; a prompt without markers gets all images at its start. Each image
  * becomes "\n\n<start_of_image>", its soft tokens (256 for Gemma 3) and "<end_of_image>\n\n",
  * as transformers' Gemma 3 processor lays it out (without Pan & Scan crops). The session's
  * n_batch must be at least the image token count (gemma3_edge_session_create() checks it).
- * Errors: INVALID_ARGUMENT (NULL session or rgb, width or height < 1, stride too small),
+ * Errors: INVALID_ARGUMENT (NULL session or rgb, width or height < 1 or > 16384, stride too small),
  * NO_VISION_TOWER (the model was loaded without an mmproj file), OUT_OF_MEMORY. */
 GEMMA3_EDGE_API gemma3_edge_status gemma3_edge_session_add_image(gemma3_edge_session* session, const uint8_t* rgb,
                                                                  int32_t width, int32_t height,

@@ -17,7 +17,7 @@ from .formats import FORMATS, Format, row_bytes
 from .grid import DETECTION_ORDER, detect_grid
 from .schemes import ROLES, fitting_format, role_schemes, scheme_format
 from .source import Source, SourceTensor, open_source
-from .vision import open_vision_tower, vision_scheme, write_vision_tower
+from .vision import check_vision_output, open_vision_tower, vision_scheme, write_vision_tower
 
 log = logging.getLogger("gemma3_edge.quantize")
 
@@ -231,6 +231,8 @@ def convert(input_path: str | Path, output_path: str | Path, options: ConvertOpt
     _check_paths(source, output)
     vision_tower = open_vision_tower(source)  # None unless a multimodal HF checkpoint
     vision = vision_scheme(options.preset, options.vision)
+    if vision_tower is not None:
+        check_vision_output(vision_tower, output, source.input_files)  # before the text file is written
     progress = _progress(options.progress)
     schemes = role_schemes(options.preset, {"embedding": options.embedding, "attention": options.attention,
                                             "feed_forward": options.feed_forward})

@@ -260,6 +260,19 @@ def _metadata(out: gf.GGUFOutput, tower: VisionTower, name: str) -> None:
         out.add("clip.vision.projector.scale_factor", gf.UINT32, tower.pool_kernel)
 
 
+def check_vision_output(tower: VisionTower, output: str | Path, input_files) -> None:
+    """Raise ValueError before anything is written when the mmproj output would replace an
+    input file or a vision tensor has a dtype the converter cannot read."""
+    path = mmproj_path(output).resolve()
+    if any(path == Path(file).resolve() for file in input_files):
+        raise ValueError(f"the vision projector output {mmproj_path(output)} is one of the input files; "
+                         "choose another output path")
+    for name, (st, hf_name) in sorted(tower.tensors.items()):
+        dtype = st.entries[hf_name]["dtype"]
+        if dtype not in ("F32", "F16", "BF16"):
+            raise ValueError(f"{st.path}: vision tensor {hf_name} ({name}) has dtype {dtype}; expected F32, F16 or BF16")
+
+
 def write_vision_tower(tower: VisionTower, output: str | Path, name: str, scheme: str, *, grid: bool = True,
                        search: bool = True, progress=None) -> str:
     """Write tower to mmproj_path(output) with its matrices in scheme.
@@ -269,8 +282,6 @@ def write_vision_tower(tower: VisionTower, output: str | Path, name: str, scheme
     """
     started = time.time()
     path = mmproj_path(output)
-    if any(path.resolve() == file.resolve() for file in tower.directory.glob("*")):
-        raise ValueError(f"the vision projector output {path} is one of the input files; choose another output path")
     shapes = tower.expected_shapes()
     formats = {n: _tensor_format(tower, n, shape, scheme) for n, shape in shapes.items()}
     out = gf.GGUFOutput(path)

@@ -188,6 +188,8 @@ CONSTRUCTOR_CASES = [
     ("n_threads_zero", {"n_threads": 0}, ValueError, r"n_threads must be >= 1, got 0"),
     ("n_threads_negative", {"n_threads": -2}, ValueError, r"n_threads must be >= 1"),
     ("n_threads_string", {"n_threads": "2"}, TypeError, r"n_threads must be an integer"),
+    # Starting a million threads failed midway and crashed the process (threads left running).
+    ("n_threads_huge", {"n_threads": 1_000_000}, ValueError, r"n_threads must be between 1 and 512, got 1000000"),
     ("n_batch_zero", {"n_batch": 0}, ValueError, r"n_batch must be >= 1, got 0"),
     ("n_batch_negative", {"n_batch": -1}, ValueError, r"n_batch must be >= 1"),
     ("kv_type_unknown", {"kv_type": "q4_0"}, ValueError, r"kv_type must be one of \('f32', 'f16', 'int8'\), got 'q4_0'"),

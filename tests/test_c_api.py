@@ -434,3 +434,10 @@ def test_example_image_errors(installed, tiny_vision, tiny_vision_files, tmp_pat
     result = run([installed.example, "-m", text, "--mmproj", mmproj, "--image", not_ppm, "-n", "1", "hello"])
     assert result.returncode == 1
     assert "is not a binary PPM" in result.stderr
+
+    # A 1 x 20000 strip: its resize would first widen every row to the input size.
+    tall = tmp_path / "tall.ppm"
+    tall.write_bytes(b"P6\n1 20000\n255\n" + bytes(3 * 20000))
+    result = run([installed.example, "-m", text, "--mmproj", mmproj, "--image", tall, "-n", "1", "hello"])
+    assert result.returncode == 1
+    assert "1x20000 exceeds 16384 pixels on a side" in result.stderr

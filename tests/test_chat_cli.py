@@ -158,6 +158,15 @@ def test_image_command_attaches_image(vision_model, tmp_path):
         child.sendline(f"/load {saved}")
         child.expect_exact("loaded 4 messages")
         child.expect_exact("> ")
+        # The conversation keeps the image as a path: once the file is gone, a message fails
+        # with an error and the chat goes on.
+        image.rename(image.with_suffix(".moved"))
+        try:
+            child.sendline("and now?")
+            child.expect_exact("the message was not sent")
+            child.expect_exact("> ")
+        finally:
+            image.with_suffix(".moved").rename(image)
         child.sendeof()
         child.expect(pexpect.EOF)
     finally:

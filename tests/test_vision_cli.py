@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import zlib
 
 import pytest
 
@@ -75,3 +76,32 @@ def test_server_accepts_image_parts(model_files):
     assert response.usage.prompt_tokens == expected_prompt
     assert expected_prompt > 256
     assert response.choices[0].finish_reason in ("stop", "length")
+
+
+def test_server_does_not_read_image_files(model_files, tmp_path):
+    # A client must not make the server open files on its own disk, nor learn which exist.
+    text, mmproj = model_files
+    model = gemma3_edge.Model(text, mmproj=mmproj, n_ctx=2048, n_threads=2)
+    image = tmp_path / "local.png"
+    tiny.sample_images()["square"].save(image)
+    with running_server(gemma3_edge.server.create_app(model)) as port:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+        for url in (str(image), f"file://{image}", str(tmp_path / "missing.png")):
+            messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]
+            with pytest.raises(openai.BadRequestError, match="only as base64 data URLs"):
+                client.chat.completions.create(model="tiny", messages=messages, max_tokens=1)
+
+
+def test_decompression_bomb_is_a_value_error(tmp_path):
+    # 100000 x 100000 pixels claimed by an 8-bit grey PNG of a few hundred bytes.
+    from PIL import Image
+
+    bomb = io.BytesIO()
+    Image.new("L", (1, 1)).save(bomb, format="PNG")
+    data = bytearray(bomb.getvalue())
+    data[16:24] = (100000).to_bytes(4, "big") * 2  # IHDR width and height
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")  # IHDR CRC
+    with pytest.raises(ValueError, match="too large to decode safely"):
+        gemma3_edge.vision.load_image(bytes(data))
+    with pytest.raises(ValueError, match="is a directory"):
+        gemma3_edge.vision.load_image(tmp_path)

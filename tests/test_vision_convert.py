@@ -210,3 +210,39 @@ def test_inconsistent_vision_config_rejected(checkpoint, tmp_path):
         convert(broken, out, ConvertOptions(preset="f32", progress=False))
     assert not out.exists()
     assert not mmproj_path(out).exists()
+
+
+def test_second_conversion_into_the_checkpoint_directory(checkpoint, tmp_path):
+    # The first run's mmproj lies next to the inputs but is not one of them, so a second run
+    # into the same directory must succeed.
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    for path in checkpoint.iterdir():
+        (folder / path.name).symlink_to(path)
+    _convert(folder, folder / "model.gguf", "--preset", "f32")
+    _convert(folder, folder / "model.gguf", "--preset", "f32")
+
+
+def test_unreadable_vision_dtype_rejected_before_writing(checkpoint, tmp_path):
+    # A vision tensor stored as I32: the run must fail before the text model file is written.
+    from gemma3_edge.quantize import ConvertOptions, convert
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for path in checkpoint.iterdir():
+        if path.suffix != ".safetensors":
+            (broken / path.name).symlink_to(path)
+    for shard in checkpoint.glob("*.safetensors"):
+        data = bytearray(shard.read_bytes())
+        length = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + length])
+        name = next(n for n in sorted(header) if "vision_tower" in n and header[n]["dtype"] == "F32")
+        header[name]["dtype"] = "I32"
+        text = json.dumps(header, separators=(",", ":")).encode("utf-8").ljust(length)
+        assert len(text) == length
+        (broken / shard.name).write_bytes(data[:8] + text + data[8 + length:])
+    out = tmp_path / "out.gguf"
+    with pytest.raises(ValueError, match="has dtype I32; expected F32, F16 or BF16"):
+        convert(broken, out, ConvertOptions(preset="f32", progress=False))
+    assert not out.exists()
+    assert not mmproj_path(out).exists()

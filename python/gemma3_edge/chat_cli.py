@@ -252,7 +252,11 @@ def run(args: argparse.Namespace, model: Model, stdin: TextIO = sys.stdin) -> in
                 continue
             session.reply(line)
         except ValueError as error:
-            # A bad sampling option, or a conversation longer than the context.
+            # A bad sampling option or image, or a conversation longer than the context.
             print(f"error: {error}", file=sys.stderr)
+        except OSError as error:
+            # An image of the conversation could not be read again (images are kept as paths).
+            print(f"error: {error}; the message was not sent, /reset starts a new conversation",
+                  file=sys.stderr)
         except KeyboardInterrupt:
             print("\ninterrupted", file=sys.stderr)

@@ -102,6 +102,30 @@ def _reject_unsupported(data: dict) -> None:
         raise RequestError("only response_format {\"type\": \"text\"} is supported", param="response_format")
 
 
+def _reject_image_paths(messages) -> None:
+    """Raise RequestError for an image part that is not a base64 data URL.
+
+    The Python API also opens local files, but a server must not read its own disk for a
+    client, nor tell it which files exist.
+    """
+    if not isinstance(messages, list):
+        return  # chat.create_chat_completion reports the type
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") not in chat.IMAGE_PART_TYPES:
+                continue
+            value = part.get("image_url") if part["type"] == "image_url" else next(
+                (part[key] for key in ("image", "url", "path") if part.get(key) is not None), None)
+            source = value.get("url") if isinstance(value, dict) else value
+            if not (isinstance(source, str) and source.startswith("data:")):
+                raise RequestError(f"messages[{i}].content[{j}]: the server takes images only as base64 data URLs "
+                                   "(data:image/png;base64,...); file paths and remote URLs are not read",
+                                   param="messages")
+
+
 def _sampling_arguments(data: dict) -> dict:
     _reject_unsupported(data)
     arguments: dict[str, Any] = {}
@@ -182,6 +206,7 @@ class _Server:
         messages = data.get("messages")
         if messages is None:
             raise RequestError("'messages' is missing; give a list of {role, content} objects", param="messages")
+        _reject_image_paths(messages)
         arguments = _sampling_arguments(data)
         logprobs = _boolean(data, "logprobs")
         top_logprobs = _integer(data, "top_logprobs")

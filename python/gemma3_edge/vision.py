@@ -24,6 +24,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,8 @@ def load_image(source: Any) -> "PILImage.Image":
         origin = "the data URL"
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        if path.is_dir():
+            raise ValueError(f"image path is a directory, not an image file: {path}")
         if not path.is_file():
             raise FileNotFoundError(f"image file not found: {path}")
         data = path.read_bytes()
@@ -91,8 +94,15 @@ def load_image(source: Any) -> "PILImage.Image":
             f"an image must be a file path, bytes, a data URL or a PIL image, got {type(source).__name__}"
         )
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
+        # Pillow warns above MAX_IMAGE_PIXELS (about 89 million) and raises above twice that.
+        # Both are refused here, because decoding such an image takes gigabytes of memory.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            image.load()
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        raise ValueError(f"image from {origin} is too large to decode safely: {error}; "
+                         "resize it below that many pixels") from error
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ValueError(f"cannot read an image from {origin}: {error}") from error
     return image

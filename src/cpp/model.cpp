@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <thread>
 
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -264,8 +265,12 @@ Context::Context(const Model& model, const ContextOptions& options) : model_(mod
   if (options_.n_batch < 1) {
     throw InvalidArgument("n_batch must be at least 1, got " + std::to_string(options_.n_batch));
   }
-  if (options_.n_threads < 1) {
-    throw InvalidArgument("n_threads must be at least 1, got " + std::to_string(options_.n_threads));
+  // The same bound as llama.cpp's GGML_MAX_N_THREADS; more threads than cores only slows it down.
+  constexpr int kMaxThreads = 512;
+  if (options_.n_threads < 1 || options_.n_threads > kMaxThreads) {
+    throw InvalidArgument("n_threads must be between 1 and " + std::to_string(kMaxThreads) + ", got " +
+                          std::to_string(options_.n_threads) + "; use at most the number of CPU cores (" +
+                          std::to_string(std::thread::hardware_concurrency()) + " here)");
   }
   options_.n_batch = std::min(options_.n_batch, options_.n_ctx);
   pool_ = std::make_unique<ThreadPool>(options_.n_threads);

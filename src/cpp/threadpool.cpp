@@ -15,6 +15,8 @@
 #include <exception>
 #include <mutex>
 #include <stdexcept>
+#include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -154,12 +156,22 @@ struct ThreadPool::State {
 };
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads), state_(new State) {
-  for (int i = 1; i < n_threads_; ++i) {
-    state_->workers.emplace_back([this, i] { state_->worker_loop(i, n_threads_); });
+  try {
+    for (int i = 1; i < n_threads_; ++i) {
+      state_->workers.emplace_back([this, i] { state_->worker_loop(i, n_threads_); });
+    }
+  } catch (const std::system_error& e) {
+    // A constructor that throws gets no destructor call. So the workers started so far are
+    // stopped here, or they would outlive the state they read.
+    stop_workers();
+    throw std::runtime_error("failed to start " + std::to_string(n_threads_) + " threads (" + e.what() +
+                             "); use fewer threads");
   }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { stop_workers(); }
+
+void ThreadPool::stop_workers() {
   state_->stop.store(true, std::memory_order_release);
   state_->epoch.fetch_add(2, std::memory_order_seq_cst);
   {
@@ -168,6 +180,7 @@ ThreadPool::~ThreadPool() {
   state_->cv.notify_all();
   for (auto& t : state_->workers) t.join();
   delete state_;
+  state_ = nullptr;
 }
 
 void ThreadPool::run(const std::function<void(int, int)>& fn) {

@@ -26,6 +26,9 @@ class ThreadPool {
   void run_dynamic(const std::function<void(int, int)>& fn);
 
  private:
+  // Stops and joins the workers and frees the state.
+  void stop_workers();
+
   struct State;
   int n_threads_;
   State* state_;

@@ -4,6 +4,8 @@
 #include <pybind11/stl.h>
 
 #include <chrono>
+#include <fstream>
+#include <string>
 #include <sys/resource.h>
 
 #include "bandwidth.h"
@@ -85,9 +87,16 @@ void bind_model(py::module_& m) {
       py::arg("n_threads"), py::arg("bytes") = int64_t{1} << 30, py::arg("repetitions") = 5,
       "Best memory read rate in bytes per second over a buffer of `bytes`.");
   m.def("peak_rss_bytes", []() {
+    // VmHWM, the high-water mark of this process image. getrusage's ru_maxrss is not enough on
+    // Linux: it keeps the peak of the process before exec, so a process started by a large
+    // parent (pytest, an IDE) reports the parent's size.
+    std::ifstream status("/proc/self/status");
+    for (std::string line; std::getline(status, line);) {
+      if (line.rfind("VmHWM:", 0) == 0) return static_cast<int64_t>(std::stoll(line.substr(6))) * 1024;
+    }
     struct rusage usage;
     getrusage(RUSAGE_SELF, &usage);
-    return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // Linux reports kilobytes
+    return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // kilobytes on Linux
   }, "Peak resident memory of this process in bytes.");
 
   py::class_<Model>(m, "Model")
