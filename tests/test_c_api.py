@@ -384,7 +384,7 @@ def test_image_prompt_cache_reuse(installed, tiny_vision, tiny_vision_files, tin
     # The same text with another image may reuse at most the tokens before the image. After a
     # one-token first call the cache could be truncated to all but the last prompt token, so a
     # cache that matched image tokens by id would reuse image A's keys for image B. The tiny
-    # model's 64-token sliding window no longer holds the tokens before the image, so here the
+    # model's 64-token sliding window no longer contains the tokens before the image, so here the
     # only valid reuse is zero tokens.
     source = tmp_path / "reuse.c"
     source.write_text(IMAGE_REUSE_PROGRAM)

@@ -61,8 +61,8 @@ def test_bench_json_reports_rates_bandwidth_and_memory():
         assert report["read_bandwidth_gb_s"] > 0
         assert report["decode_limit_tok_s"] == pytest.approx(
             report["read_bandwidth_gb_s"] * 1e9 / report["weight_bytes_per_token"])
-        # The peak is taken before the bandwidth test's 1 GiB buffer, which would otherwise
-        # be the whole figure; the model's own footprint is far below it.
+        # The peak is read before the bandwidth test allocates its 1 GiB buffer, because that
+        # buffer would otherwise be the whole figure. The model alone is far below it.
         assert report["weight_bytes_per_token"] < report["peak_rss_bytes"] < 2**30
 
 

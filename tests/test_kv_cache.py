@@ -94,7 +94,7 @@ def test_chunk_size_does_not_change_logits(default_model_file, long_ids, prompt_
 
 
 @pytest.mark.parametrize("kv_type", ["f16", "int8"])
-def test_chunk_size_and_threads_do_not_change_logits_with_rounded_kv(default_model_file, long_ids, kv_type):
+def test_rounded_kv_batch_invariance(default_model_file, long_ids, kv_type):
     # Past the window, the ring's slots hold other positions' keys next to the visible ones.
     # Those must get exactly zero weight, whatever the chunk.
     ids = long_ids[:WINDOW + 40]

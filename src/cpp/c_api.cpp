@@ -487,8 +487,8 @@ gemma3_edge_status gemma3_edge_session_add_image(gemma3_edge_session* session, c
       return invalid("image size " + std::to_string(width) + "x" + std::to_string(height) +
                      " is invalid; width and height must be >= 1");
     }
-    // The resize's first pass holds height x (input size) pixels, 2.7 GB for a 1 x 1,000,000
-    // image at 896; this bound keeps it under 50 MB.
+    // The resize's first pass stores height x (input size) pixels: 2.7 GB for a 1 x 1,000,000
+    // image at 896. This bound keeps it under 50 MB.
     constexpr int32_t kMaxImageSide = 16384;
     if (width > kMaxImageSide || height > kMaxImageSide) {
       return invalid("image size " + std::to_string(width) + "x" + std::to_string(height) + " exceeds " +

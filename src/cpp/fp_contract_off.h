@@ -1,6 +1,6 @@
-// Turns off floating-point contraction for the rest of the including file, which must include
-// this header before any other: a fused multiply-add would round "a * b + c" once instead of
-// twice and so change results that must match a reference bit for bit.
+// Floating-point contraction switch: turns it off for the rest of the including file, which must
+// include this header first. A fused multiply-add rounds "a * b + c" once instead of twice, so
+// it would change results that must match a reference bit for bit.
 #pragma once
 
 #if defined(__clang__)

@@ -641,9 +641,9 @@ namespace {
 // Attention works on tasks of query rows (tokens x heads sharing one KV head) that go through
 // the keys in blocks of kKeyBlock positions aligned to multiples of kKeyBlock, with an online
 // softmax. Every score is the `dot` of its query and key, and every output accumulates the
-// values one key after another (VecOps::dot_rows, axpy_rows), so a token's result does not
-// depend on the other rows of its task: a prompt evaluated at once, in chunks or token by
-// token gives the same logits, bit for bit.
+// values one key after another (VecOps::dot_rows, axpy_rows). So a token's result does not
+// depend on the other rows of its task, and a prompt gives the same logits bit for bit whether
+// it is evaluated at once, in chunks or token by token.
 constexpr int64_t kQueryRows = 64;
 constexpr int64_t kKeyBlock = 64;
 
@@ -727,9 +727,9 @@ void Context::attention(int64_t il, int64_t n) {
     float* row_max = out + kQueryRows * hd;
     float* row_sum = row_max + kQueryRows;
 
-    // Calls fn(first, count, rows, stride) for runs of positions [b0, b0 + count) whose keys
-    // (or values) lie at a fixed stride: this chunk's scratch, a stretch of the float32 cache
-    // that does not wrap, or rows converted from the f16 / int8 cache.
+    // Calls fn(position, length, rows, stride) for each run of positions in [b0, b0 + count)
+    // whose keys (or values) lie at one stride. A run is part of this chunk's scratch, a
+    // stretch of the float32 cache that does not wrap, or rows converted from an f16 or int8 cache.
     auto for_each_run = [&](bool values, int64_t b0, int64_t count, int64_t offset, auto&& fn) {
       for (int64_t pos = b0; pos < b0 + count;) {
         int64_t len = b0 + count - pos;
